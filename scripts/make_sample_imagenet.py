@@ -1,0 +1,8 @@
+#!/usr/bin/env python3
+"""CLI: see imagenet_fleet/sample.py (`--help`)."""
+
+import sys
+
+from imagenet_fleet.sample import main
+
+sys.exit(main())

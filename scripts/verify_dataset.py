@@ -1,0 +1,8 @@
+#!/usr/bin/env python3
+"""CLI: see imagenet_fleet/verify.py (`--help`)."""
+
+import sys
+
+from imagenet_fleet.verify import main
+
+sys.exit(main())
