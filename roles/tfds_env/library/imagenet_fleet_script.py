@@ -82,11 +82,13 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    if not os.path.exists(params["python"]):
-        if module.check_mode:
-            module.exit_json(changed=True, summary={}, stderr_tail=[],
-                             msg=f"{params['python']} does not exist yet: the venv would be installed first")
-        module.fail_json(msg=f"{params['python']} not found (fix: run the tfds_env role first)")
+    for path in (params["python"], params["script"]):
+        if os.path.exists(path):
+            continue
+        if module.check_mode:  # the tfds_env role would have installed it: everything after it would run
+            module.exit_json(changed=not params["read_only"], summary={}, stderr_tail=[],
+                             msg=f"{path} does not exist yet (check mode): the tfds_env role would install it")
+        module.fail_json(msg=f"{path} not found (fix: run the tfds_env role first)")
     argv = [params["python"], params["script"], *params["args"]]
     if module.check_mode and not params["read_only"]:
         argv.append("--check")
