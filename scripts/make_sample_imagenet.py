@@ -5,4 +5,5 @@ import sys
 
 from imagenet_fleet.sample import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

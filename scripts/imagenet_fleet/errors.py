@@ -10,3 +10,8 @@ class UserError(Exception):
         super().__init__(f"{cause} (fix: {fix})")
         self.cause = cause
         self.fix = fix
+
+    def __reduce__(self) -> tuple[type[UserError], tuple[str, str]]:
+        # Exceptions pickle their `args` (one message here), not ours: say how to rebuild one, so that a
+        # UserError raised in a worker process reaches the parent intact.
+        return (type(self), (self.cause, self.fix))
