@@ -62,10 +62,14 @@ def build_with_tfds(manual_dir: Path, data_dir: Path, version: str, file_format:
         builder.download_and_prepare(download_config=config, file_format=file_format)
 
 
-ENGINES: dict[str, Engine] = {
-    "tfds": build_with_tfds,
-    "parallel": lambda *args: __import__("imagenet_fleet.engine", fromlist=["build_engine"]).build_engine(*args),
-}
+def build_with_parallel(manual_dir: Path, data_dir: Path, version: str, file_format: str, workers: int | None) -> None:
+    """The parallel engine (imagenet_fleet.engine): TFDS's records in TFDS's order, deterministic bytes, every core."""
+    from imagenet_fleet.engine import build_engine
+
+    build_engine(manual_dir, data_dir, version, file_format, workers)
+
+
+ENGINES: dict[str, Engine] = {"tfds": build_with_tfds, "parallel": build_with_parallel}
 
 
 # ---------------------------------------------------------------- paths and state on disk

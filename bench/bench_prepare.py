@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Benchmark: TFDS's own imagenet2012 build vs the `parallel` engine, side by side, on synthetic tars.
+
+    .venv/bin/python bench/bench_prepare.py [--sets 12k,95k] [--root DIR] [--workers N]
+
+For each sample set (made once under --root, then reused): the I/O floor (read the tars once + write the output's
+bytes once), TFDS's build, the engine twice (byte-identical?), and the engine with the tars evicted from the page
+cache between its index and write passes (what happens when the tars do not fit in memory). Every run is a whole
+process, started after `sync` and with the tars evicted from the page cache (`posix_fadvise(DONTNEED)`). Prints a
+table: seconds, images/s, ratio to TFDS, peak memory, bytes written, temp peak, same as TFDS, deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from imagenet_fleet import imagenet, sample  # noqa: E402
+
+SETS = {
+    "12k": sample.SampleSpec(classes=100, images_per_class=100, val_images=2000, special=True),
+    "95k": sample.SampleSpec(classes=1000, images_per_class=85, val_images=10000, special=True),
+}
+
+
+def evict(paths: list[Path]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def tars_of(manual: Path) -> list[Path]:
+    return [manual / n for n in imagenet.TAR_NAMES.values() if (manual / n).exists()]
+
+
+def ensure_sample(root: Path, name: str) -> tuple[Path, int]:
+    spec = SETS[name]
+    manual = root / f"sample-{name}"
+    stamp = manual / "sample.json"
+    want = json.dumps(spec.__dict__, sort_keys=True)
+    if not (stamp.exists() and json.loads(stamp.read_text()).get("spec") == want):
+        shutil.rmtree(manual, ignore_errors=True)
+        summary = sample.make_sample(manual, spec)
+        stamp.write_text(json.dumps({"spec": want, "counts": summary["counts"]}))
+    counts = json.loads(stamp.read_text())["counts"]
+    return manual, sum(counts.values())
+
+
+# ---------------------------------------------------------------- one run, in a child process
+
+
+def child(engine: str, manual: Path, data: Path, workers: int | None, evict_between: bool) -> None:
+    """Runs inside the measured process."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    if engine == "tfds":
+        from imagenet_fleet.prepare import build_with_tfds
+
+        build_with_tfds(manual, data, imagenet.DEFAULT_VERSION, "tfrecord", None)
+    else:
+        from imagenet_fleet.engine import pipeline
+
+        hook = (lambda: evict(tars_of(manual))) if evict_between else None
+        stats = pipeline.build(manual, data, imagenet.DEFAULT_VERSION, "tfrecord", workers, before_write=hook)
+        print(json.dumps(stats))
+
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(PSS of the whole process tree, largest RSS of one process in it)."""
+    import psutil
+
+    total = largest = 0
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return 0, 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+        except psutil.Error:
+            continue
+        total += info.pss
+        largest = max(largest, info.rss)
+    return total, largest
+
+
+def _disk_usage(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def measure(args: list[str], run_dir: Path) -> dict[str, float | int | str]:
+    """Run the child; sample its memory (PSS of the whole tree) and the run folder's disk use."""
+    os.sync()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peaks = {"pss": 0, "rss": 0, "disk": 0}
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stop = threading.Event()
+
+    def sample_loop() -> None:
+        while not stop.wait(0.25):
+            pss, rss = _tree_memory(proc.pid)
+            peaks["pss"], peaks["rss"] = max(peaks["pss"], pss), max(peaks["rss"], rss)
+            peaks["disk"] = max(peaks["disk"], _disk_usage(run_dir))
+
+    sampler = threading.Thread(target=sample_loop, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        sys.stderr.write(err.decode()[-4000:])
+        raise SystemExit(f"run {args} failed ({proc.returncode})")
+    final = _disk_usage(run_dir)
+    result: dict[str, float | int | str] = {
+        "seconds": seconds,
+        "pss": peaks["pss"],
+        "maxrss": peaks["rss"],
+        # bytes the run dirtied: rusage of reaped children (TFDS: one process); the engine's writers live under a
+        # fork server, outside that accounting, so the engine reports what it wrote itself
+        "written": (after.ru_oublock - before.ru_oublock) * 512,
+        "temp_peak": max(0, peaks["disk"] - final),
+        "output": final,
+        "stats": out.decode().strip().splitlines()[-1] if out.strip() else "",
+    }
+    if result["stats"]:
+        result["written"] = json.loads(str(result["stats"]))["bytes_written"] + _metadata_bytes(run_dir)
+    return result
+
+
+def _metadata_bytes(run_dir: Path) -> int:
+    return sum(p.stat().st_size for p in run_dir.rglob("*.json")) + sum(p.stat().st_size for p in run_dir.rglob("*.txt"))
+
+
+def io_floor(manual: Path, out_bytes: int, scratch: Path) -> float:
+    """Read the tars once (cold, sequential) + write the output's size once (page cache, as the builds do)."""
+    os.sync()
+    evict(tars_of(manual))
+    started = time.monotonic()
+    buf = bytearray(8 << 20)
+    for path in tars_of(manual):
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    scratch.mkdir(parents=True, exist_ok=True)
+    with open(scratch / "floor.bin", "wb", buffering=0) as f:
+        left = out_bytes
+        while left > 0:
+            left -= f.write(memoryview(buf)[: min(len(buf), left)])
+    seconds = time.monotonic() - started
+    shutil.rmtree(scratch)
+    return seconds
+
+
+def digests(build: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(build.iterdir())}
+
+
+def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool) -> list[dict[str, str]]:
+    from imagenet_fleet.engine.compare import differences
+
+    manual, images = ensure_sample(root, name)
+    runs_root = root / f"runs-{name}"
+    shutil.rmtree(runs_root, ignore_errors=True)
+    plan = ([] if skip_tfds else [("tfds", False)]) + [("parallel", False), ("parallel", False), ("parallel", True)]
+    results: list[tuple[str, dict]] = []
+    builds: list[Path] = []
+    for i, (engine, between) in enumerate(plan):
+        run_dir = runs_root / f"{i}-{engine}"
+        data = run_dir / "data"
+        data.mkdir(parents=True)
+        evict(tars_of(manual))
+        args = ["--child", engine, "--manual", str(manual), "--data", str(data)]
+        args += ["--workers", str(workers)] if workers else []
+        args += ["--evict-between"] if between else []
+        m = measure(args, run_dir)
+        label = engine + (" (tars evicted between passes)" if between else "")
+        results.append((label, m))
+        builds.append(data / imagenet.DATASET / imagenet.DEFAULT_VERSION)
+        print(f"[{name}] {label}: {m['seconds']:.2f} s {m['stats'][:300]}", file=sys.stderr)
+    out_bytes = int(results[-1][1]["output"])
+    floor = io_floor(manual, out_bytes, runs_root / "floor")
+    tfds_seconds = None if skip_tfds else float(results[0][1]["seconds"])
+    reference = None if skip_tfds else builds[0]
+    engine_builds = builds[1:] if not skip_tfds else builds
+    first = digests(engine_builds[0])
+    deterministic = all(digests(b) == first for b in engine_builds[1:])
+    rows = [
+        {
+            "set": name, "run": "I/O floor (read tars + write output)", "seconds": f"{floor:.2f}",
+            "images/s": f"{images / floor:,.0f}", "ratio": f"{tfds_seconds / floor:.2f}x" if tfds_seconds else "-",
+            "peak PSS": "-", "largest RSS": "-", "bytes written": "-", "temp peak": "-", "same as TFDS": "-",
+            "deterministic": "-",
+        }  # fmt: skip
+    ]
+    for (label, m), build in zip(results, builds):
+        is_engine = label.startswith("parallel")
+        same = "-" if reference is None or build == reference else ("yes" if not differences(build, reference) else "no")
+        rows.append(
+            {
+                "set": name, "run": label, "seconds": f"{m['seconds']:.2f}",
+                "images/s": f"{images / m['seconds']:,.0f}",
+                "ratio": f"{tfds_seconds / m['seconds']:.2f}x" if tfds_seconds else "-",
+                "peak PSS": f"{m['pss'] / 2**20:,.0f} MiB", "largest RSS": f"{m['maxrss'] / 2**20:,.0f} MiB",
+                "bytes written": f"{m['written'] / 1e9:.2f} GB", "temp peak": f"{m['temp_peak'] / 1e6:,.0f} MB",
+                "same as TFDS": same, "deterministic": ("yes" if deterministic else "no") if is_engine else "-",
+            }  # fmt: skip
+        )
+    rows.append({"set": name, "run": f"({images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = "
+                 f"{floor * 1.3:.2f} s)", **{k: "" for k in rows[0] if k not in ("set", "run")}})  # fmt: skip
+    shutil.rmtree(runs_root, ignore_errors=True)
+    return rows
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print("| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |")
+    print("|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(r[c].ljust(widths[c]) for c in cols) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", default="12k", help="comma-separated: 12k (1.4 GB), 95k (~11 GB)")
+    parser.add_argument(
+        "--root", type=Path, default=Path(tempfile.gettempdir()) / "imagenet-fleet-bench",
+        help="samples and runs go here (default: %(default)s)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="engine workers (default: all cores)")
+    parser.add_argument("--skip-tfds", action="store_true", help="engine runs only")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--manual", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--evict-between", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.manual, args.data, args.workers, args.evict_between)
+        return
+    rows: list[dict[str, str]] = []
+    for name in args.sets.split(","):
+        rows += bench_set(args.root, name, args.workers, args.skip_tfds)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""From the tars' headers to where every record goes: TFDS's order, shard count, shard boundaries and file names,
+and from the record sizes, each record's byte offset in its shard file.
+
+TFDS (4.9.10) writes a split like this (`writer.Writer` + `shuffle.Shuffler`): each example's key (its file name)
+is hashed with md5, salted with the split name (`hashing.Hasher`); examples are sorted by that 128-bit hash; the
+shard count comes from `ShardConfig.get_number_shards(total_size, num_examples)` where total_size is the sum of
+the serialized examples' lengths; `shard_utils.get_shard_boundaries` cuts the sorted list by count; the file names
+come from the builder's `ShardedFileTemplate`. We call those same functions; only the hashing is redone here (with
+hashlib, in the index workers) and pinned against `hashing.Hasher` by a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imagenet_fleet.engine.records import TFRECORD_OVERHEAD
+from imagenet_fleet.errors import UserError
+
+if TYPE_CHECKING:
+    from tensorflow_datasets.core.utils.shard_utils import ShardConfig
+
+
+@dataclass
+class SplitPlan:
+    """One split: its records in tar order, and (after `lay_out`) their places in the shard files."""
+
+    split: str
+    tar_path: str
+    names: list[str]
+    offsets: np.ndarray  # int64, absolute offset of the image bytes in the tar
+    sizes: np.ndarray  # int64, image bytes in the tar
+    labels: np.ndarray  # int64
+    digests: np.ndarray  # uint8 (n, 16): TFDS's hash of each key, big-endian
+    record_sizes: np.ndarray  # int64, serialized example length (after the special images' re-encoding)
+    specials: dict[int, bytes] = field(default_factory=dict)  # tar-order index -> re-encoded image bytes
+    num_shards: int = 0
+    shard_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    dest: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # byte offset in its shard file
+    shard_lengths: list[int] = field(default_factory=list)
+    shard_file_sizes: list[int] = field(default_factory=list)
+    shard_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def total_size(self) -> int:
+        return int(self.record_sizes.sum())
+
+
+def tfds_order(digests: np.ndarray) -> np.ndarray:
+    """Indices that sort the records as TFDS's shuffler does (ascending 128-bit hash)."""
+    keys = digests.reshape(-1, 16).copy().view(">u8").reshape(-1, 2)
+    hi, lo = keys[:, 0].astype(np.uint64), keys[:, 1].astype(np.uint64)
+    order = np.lexsort((lo, hi))
+    same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
+    if same.any():
+        raise UserError(
+            "two images in one split have the same file name (TFDS would stop with DuplicatedKeysError)",
+            "use the original ILSVRC2012 tars, where every file name is unique",
+        )
+    return order
+
+
+def lay_out(plan: SplitPlan, shard_config: ShardConfig, filename_template: Any) -> None:
+    """Fill in the plan's shard count, boundaries, file names, and every record's shard and offset."""
+    from tensorflow_datasets.core.utils import shard_utils
+
+    n = len(plan)
+    if n == 0:
+        raise UserError(f"the {plan.split} tar holds no images", "stage a complete ILSVRC2012 tar")
+    order = tfds_order(plan.digests)
+    num_shards = shard_config.get_number_shards(plan.total_size, n)
+    bounds = np.asarray(shard_utils.get_shard_boundaries(n, num_shards), dtype=np.int64)
+    rank_shard = np.searchsorted(bounds, np.arange(n), side="right").astype(np.int32)
+    framed = plan.record_sizes[order] + TFRECORD_OVERHEAD
+    ends = np.cumsum(framed)
+    starts = ends - framed
+    shard_first = np.concatenate(([0], bounds[:-1]))
+    shard_base = np.concatenate(([0], ends))[shard_first]
+    dest_sorted = starts - shard_base[rank_shard]
+    plan.num_shards = num_shards
+    plan.shard_of = np.empty(n, np.int32)
+    plan.shard_of[order] = rank_shard
+    plan.dest = np.empty(n, np.int64)
+    plan.dest[order] = dest_sorted
+    plan.shard_lengths = np.diff(np.concatenate(([0], bounds))).astype(int).tolist()
+    plan.shard_file_sizes = np.bincount(rank_shard, weights=framed, minlength=num_shards).astype(np.int64).tolist()
+    plan.shard_names = [
+        filename_template.sharded_filepath(shard_index=i, num_shards=num_shards).name for i in range(num_shards)
+    ]
+
+
+def units(plan: SplitPlan, unit_bytes: int) -> list[tuple[int, int]]:
+    """Cut the split's records (tar order) into runs of about `unit_bytes` of tar: the writers' work units."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    n = len(plan)
+    while start < n:
+        limit = plan.offsets[start] + unit_bytes
+        end = int(np.searchsorted(plan.offsets, limit, side="left"))
+        end = max(end, start + 1)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def fingerprint(plans: list[SplitPlan], version: str, file_format: str) -> str:
+    """What the output depends on; a resumed run continues only a journal with the same fingerprint."""
+    h = hashlib.sha256(f"{version}|{file_format}|records-v1".encode())
+    for plan in plans:
+        h.update(f"|{plan.split}|{plan.tar_path}|{len(plan)}|{plan.num_shards}|".encode())
+        h.update("\n".join(plan.names).encode("utf-8", "surrogateescape"))
+        for array in (plan.offsets, plan.sizes, plan.labels, plan.record_sizes, plan.shard_of, plan.dest):
+            h.update(np.ascontiguousarray(array).tobytes())
+        for index in sorted(plan.specials):
+            h.update(index.to_bytes(8, "little") + hashlib.sha256(plan.specials[index]).digest())
+    return h.hexdigest()

@@ -1,0 +1,230 @@
+"""Index tars by their headers only: names, data offsets and sizes, a 512-byte read per member, never the data.
+
+ILSVRC2012's train tar is a tar of tars; the inner tars sit contiguously in the outer file, so their members'
+headers are read in place (absolute offsets in the outer file). Each tar (or inner tar) is a chain of headers that
+must be walked in order (a header gives the next one's offset); chains are walked concurrently (threads in each
+worker process) so the disk sees many reads at once. Readahead is switched off on these file descriptors
+(`POSIX_FADV_RANDOM`) so a header read costs one page, not the image behind it.
+
+Members are reported the way TFDS's `iter_archive` sees them (Python's `tarfile`: regular files only, names through
+TFDS's `_normpath`, hidden or absolute names skipped). A fast parser handles plain ustar/GNU headers; any other
+header kind (long names, PAX, sparse) makes that chain be read again with `tarfile` itself, so both agree by
+construction (`tests/test_engine_tarindex.py` compares them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from imagenet_fleet.engine import records
+from imagenet_fleet.errors import UserError
+
+BLOCK = tarfile.BLOCKSIZE
+_ZERO_BLOCK = bytes(BLOCK)
+_REGULAR = (b"0", b"\x00", b"7")  # tarfile.REGULAR_TYPES without sparse ('S' goes to the slow path)
+_NO_DATA = (b"3", b"4", b"5", b"6")  # char/block device, directory, fifo: tarfile skips no data for these
+_LINKS = (b"1", b"2")
+_ENCODING = "utf-8"
+_ERRORS = "surrogateescape"  # tarfile's defaults on Linux
+CHAIN_THREADS = 16
+
+
+class TarError(UserError):
+    """A tar that is not what ILSVRC2012 ships (truncated, not a tar, unexpected members)."""
+
+
+class _SlowPath(Exception):
+    """A header the fast parser does not handle: read this chain with tarfile."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One tar's member list to walk: [start, end) of `path`; `label` is the train synset's label (None: later)."""
+
+    path: str
+    start: int
+    end: int
+    split: str
+    label: int | None = None
+    keep_raw_names: bool = False
+
+
+@dataclass
+class ChainIndex:
+    """Regular members of a chain in tar order (absolute data offsets), with TFDS's hash of each key."""
+
+    names: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)  # md5(split + key): TFDS's shuffle key, big-endian
+    record_sizes: list[int] = field(default_factory=list)  # empty when the label is not known yet
+    raw_names: list[str] = field(default_factory=list)  # every member's tarfile name (validation labels)
+    label: int | None = None  # the chain's label, when it has one for all its members
+
+
+def normpath(path: str) -> str | None:
+    """TFDS's `extractor._normpath`: the key of a member, or None for members TFDS skips."""
+    path = os.path.normpath(path)
+    if path.startswith(".") or os.path.isabs(path) or path.endswith("~") or os.path.basename(path).startswith("."):
+        return None
+    return path
+
+
+def hash_digest(split: str, key: str) -> bytes:
+    """TFDS's `hashing.Hasher(split).hash_key(key)` as 16 big-endian bytes (sorting them sorts the int keys)."""
+    md5 = hashlib.md5(split.encode("utf-8"))
+    md5.update(key.replace("\\", "/").encode("utf-8"))
+    return md5.digest()
+
+
+def _nts(raw: bytes) -> str:
+    end = raw.find(b"\0")
+    return (raw if end < 0 else raw[:end]).decode(_ENCODING, _ERRORS)
+
+
+def _parse(buf: bytes) -> tuple[str, int, bytes] | None:
+    """(tarfile name, size, type) of a plain header; None at the end-of-archive block."""
+    if buf == _ZERO_BLOCK:
+        return None
+    if buf[124] & 0x80 or buf[148] & 0x80:
+        raise _SlowPath  # base-256 numbers
+    try:
+        chksum = int(_nts(buf[148:156]).strip() or "0", 8)
+        size = int(_nts(buf[124:136]).strip() or "0", 8)
+    except ValueError:
+        raise _SlowPath from None
+    if chksum != 256 + sum(buf) - sum(buf[148:156]):
+        raise _SlowPath  # tarfile also accepts the signed sum, or rejects the header: let it decide
+    kind = buf[156:157]
+    name = _nts(buf[0:100])
+    if kind == b"\x00" and name.endswith("/"):
+        kind = b"5"
+    if kind not in _REGULAR and kind not in _NO_DATA:
+        raise _SlowPath
+    if kind == b"5":
+        name = name.rstrip("/")
+    prefix = _nts(buf[345:500])
+    if prefix:
+        name = prefix + "/" + name
+    return name, size, kind
+
+
+def _blocks(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def _member_error(path: str, where: int, what: str) -> TarError:
+    return TarError(
+        f"{path}: {what} at byte {where}",
+        "stage the tar again (it is damaged or not an ILSVRC2012 tar)",
+    )
+
+
+def _walk_fast(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
+    """(tarfile name, absolute data offset, size, is_regular) of every member, by the fast parser."""
+    out: list[tuple[str, int, int, bool]] = []
+    pos = chain.start
+    while pos + BLOCK <= chain.end:
+        buf = os.pread(fd, BLOCK, pos)
+        if len(buf) < BLOCK:
+            raise _member_error(chain.path, pos, "truncated header")
+        parsed = _parse(buf)
+        if parsed is None:
+            return out
+        name, size, kind = parsed
+        regular = kind in _REGULAR
+        out.append((name, pos + BLOCK, size, regular))
+        pos += BLOCK + (_blocks(size) if regular else 0)
+    if pos > chain.end:
+        raise _member_error(chain.path, chain.end, "member runs past the end of the archive")
+    return out
+
+
+class _Window:
+    """A read-only file object over [start, end) of a file descriptor, for tarfile."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self._fd, self._start, self._end, self._pos = fd, start, end, 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._end - self._start - self._pos
+        n = left if n < 0 else min(n, left)
+        data = os.pread(self._fd, n, self._start + self._pos) if n > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._end - self._start}[whence]
+        self._pos = base + pos
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _walk_tarfile(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
+    """Same as `_walk_fast`, by Python's tarfile (every header kind it knows)."""
+    out: list[tuple[str, int, int, bool]] = []
+    try:
+        with tarfile.open(fileobj=_Window(fd, chain.start, chain.end), mode="r:") as tar:  # type: ignore[arg-type]
+            for member in tar:
+                if member.islnk() or member.issym():
+                    raise TarError(
+                        f"{chain.path}: member {member.name!r} is a link (links are not supported)",
+                        "use the original ILSVRC2012 tars, which hold regular files only",
+                    )
+                regular = member.isreg() or member.type not in tarfile.SUPPORTED_TYPES
+                out.append((member.name, chain.start + member.offset_data, member.size, regular))
+    except tarfile.TarError as exc:
+        raise _member_error(chain.path, chain.start, f"unreadable tar ({exc})") from None
+    return out
+
+
+def walk(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
+    try:
+        return _walk_fast(fd, chain)
+    except _SlowPath:
+        return _walk_tarfile(fd, chain)
+
+
+def index_chain(fd: int, chain: Chain) -> ChainIndex:
+    index = ChainIndex(label=chain.label)
+    for raw_name, offset, size, regular in walk(fd, chain):
+        if chain.keep_raw_names:
+            index.raw_names.append(raw_name)
+        key = normpath(raw_name) if regular else None
+        if key is None:
+            continue
+        index.names.append(key)
+        index.offsets.append(offset)
+        index.sizes.append(size)
+        index.digests.append(hash_digest(chain.split, key))
+        if chain.label is not None:
+            index.record_sizes.append(records.record_size(key, chain.label, size))
+    return index
+
+
+def open_random(path: str) -> int:
+    """A descriptor for header reads: no readahead, so a 512-byte read costs one page."""
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd
+
+
+def index_chains(chains: Sequence[Chain], threads: int = CHAIN_THREADS) -> list[ChainIndex]:
+    """Index chains concurrently (a pool worker's task); results in the chains' order."""
+    fds: dict[str, int] = {}
+    try:
+        for chain in chains:
+            if chain.path not in fds:
+                fds[chain.path] = open_random(chain.path)
+        with ThreadPoolExecutor(max(1, min(threads, len(chains)))) as pool:
+            return list(pool.map(lambda c: index_chain(fds[c.path], c), chains))
+    finally:
+        for fd in fds.values():
+            os.close(fd)

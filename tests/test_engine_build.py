@@ -1,0 +1,193 @@
+"""The parallel engine against TFDS's own build of the same tars: same files, same records in the same order, same
+metadata; byte-identical between runs and worker counts; resumable after SIGKILL."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from imagenet_fleet import imagenet, sample
+from imagenet_fleet.engine import pipeline
+from imagenet_fleet.engine.compare import differences
+from imagenet_fleet.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+VERSION = imagenet.DEFAULT_VERSION
+
+
+def tfds_build(manual: Path, data_dir: Path, file_format: str, num_shards: int | None) -> Path:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(imagenet.DATASET, data_dir=str(data_dir), version=VERSION)
+    config = tfds.download.DownloadConfig(manual_dir=str(manual), try_download_gcs=False, num_shards=num_shards)
+    with contextlib.redirect_stdout(sys.stderr):
+        builder.download_and_prepare(download_config=config, file_format=file_format)
+    return data_dir / imagenet.DATASET / VERSION
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="session")
+def special_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every split, the 23 CMYK/PNG special images, ~240 images."""
+    out = tmp_path_factory.mktemp("engine-special")
+    sample.make_sample(out, sample.SampleSpec(classes=6, images_per_class=25, val_images=40, test_images=12,
+                                              special=True))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def plain_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("engine-plain")
+    sample.make_sample(out, sample.SampleSpec(classes=5, images_per_class=30, val_images=30, seed=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_4_shards(special_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TFDS's own build, 4 shards per split (TFDS's `num_shards` option: multi-shard layout on small data)."""
+    return tfds_build(special_sample, tmp_path_factory.mktemp("tfds-4"), "tfrecord", 4)
+
+
+@pytest.fixture(scope="session")
+def engine_4_shards(special_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("engine-4")
+    stats = pipeline.build(special_sample, data / "d", VERSION, "tfrecord", 2, work_dir=data / "w", num_shards=4)
+    assert stats["special_images"] == 23
+    assert not (data / "w").exists()  # the work folder is gone once the build is in place
+    return data / "d" / imagenet.DATASET / VERSION
+
+
+def test_same_records_and_metadata_as_tfds(engine_4_shards: Path, reference_4_shards: Path) -> None:
+    assert sorted(p.name for p in engine_4_shards.iterdir()) == sorted(p.name for p in reference_4_shards.iterdir())
+    assert len(list(engine_4_shards.glob("imagenet2012-train.tfrecord-*-of-00004"))) == 4
+    assert differences(engine_4_shards, reference_4_shards) == []
+
+
+def test_our_bytes_are_tfds_records_serialized_deterministically(
+    engine_4_shards: Path, reference_4_shards: Path
+) -> None:
+    from imagenet_fleet.engine.compare import canonical, iter_records
+
+    for shard in sorted(reference_4_shards.glob("*.tfrecord-*")):
+        ours = list(iter_records(engine_4_shards / shard.name))
+        assert ours == [canonical(r) for r in iter_records(shard)]
+
+
+def test_tfds_reads_the_engine_build(engine_4_shards: Path) -> None:
+    import tensorflow_datasets as tfds
+
+    data_dir = engine_4_shards.parent.parent
+    ds = tfds.load(imagenet.DATASET, split="validation", data_dir=str(data_dir), download=False)
+    labels = imagenet.validation_labels()
+    for example in ds.take(5):
+        name = example["file_name"].numpy().decode()
+        number = int(name.rsplit("_", 1)[1].split(".")[0])
+        assert int(example["label"]) == imagenet.label_index()[labels[number - 1]]
+        assert example["image"].shape[-1] == 3
+
+
+def test_byte_identical_across_runs_and_worker_counts(
+    special_sample: Path, engine_4_shards: Path, tmp_path: Path
+) -> None:
+    # one worker, one record per work unit: a completely different schedule
+    pipeline.build(special_sample, tmp_path / "d", VERSION, "tfrecord", 1, work_dir=tmp_path / "w", num_shards=4,
+                unit_bytes=1)  # fmt: skip
+    assert digests(tmp_path / "d" / imagenet.DATASET / VERSION) == digests(engine_4_shards)
+
+
+def test_default_shard_rule_and_array_record_match_tfds(plain_sample: Path, tmp_path: Path) -> None:
+    reference = tfds_build(plain_sample, tmp_path / "tfds", "array_record", None)
+    pipeline.build(plain_sample, tmp_path / "d", VERSION, "array_record", 2, work_dir=tmp_path / "w")
+    ours = tmp_path / "d" / imagenet.DATASET / VERSION
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in reference.iterdir())
+    assert differences(ours, reference) == []
+    assert json.loads((ours / "dataset_info.json").read_text())["fileFormat"] == "array_record"
+
+
+def test_tfds_data_source_reads_array_record(plain_sample: Path, tmp_path: Path) -> None:
+    import tensorflow_datasets as tfds
+
+    pipeline.build(plain_sample, tmp_path / "d", VERSION, "array_record", 2, work_dir=tmp_path / "w")
+    source = tfds.data_source(imagenet.DATASET, split="train", data_dir=str(tmp_path / "d"), download=False)
+    assert len(source) == 150
+    assert source[0]["file_name"].startswith(b"n") or source[0]["file_name"].startswith("n")
+
+
+_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {scripts!r})
+    from imagenet_fleet.engine import pipeline
+    real_add = pipeline._Journal.add
+    count = [0]
+    def add(self, key):
+        real_add(self, key)
+        count[0] += 1
+        if count[0] == {after}:
+            os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job dies at once: main and workers
+    pipeline._Journal.add = add
+    pipeline.build(Path({manual!r}), Path({data!r}), {version!r}, "tfrecord", 2, work_dir=Path({work!r}),
+                num_shards=3, unit_bytes=1 << 20)
+    """
+)
+
+
+def test_resume_after_sigkill_keeps_written_units(plain_sample: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    pipeline.build(plain_sample, whole, VERSION, "tfrecord", 2, work_dir=tmp_path / "w0", num_shards=3,
+                unit_bytes=1 << 20)  # fmt: skip
+    data, work = tmp_path / "d", tmp_path / "w"
+    script = _KILLER.format(scripts=str(REPO / "scripts"), manual=str(plain_sample), data=str(data),
+                            version=VERSION, work=str(work), after=6)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert not (data / imagenet.DATASET / VERSION).exists()
+    journal = (work / "journal.jsonl").read_text().splitlines()
+    assert len(journal) == 1 + 6
+    stats = pipeline.build(plain_sample, data, VERSION, "tfrecord", 2, work_dir=work, num_shards=3, unit_bytes=1 << 20)
+    assert stats["units_resumed"] == 6
+    assert digests(data / imagenet.DATASET / VERSION) == digests(whole / imagenet.DATASET / VERSION)
+
+
+def test_changed_inputs_start_over(plain_sample: Path, special_sample: Path, tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "journal.jsonl").write_text(json.dumps({"fingerprint": "other"}) + "\n" + json.dumps({"done": "train:0"}))
+    stats = pipeline.build(plain_sample, tmp_path / "d", VERSION, "tfrecord", 2, work_dir=work)
+    assert stats["units_resumed"] == 0
+    assert (tmp_path / "d" / imagenet.DATASET / VERSION / "dataset_info.json").exists()
+
+
+def test_bad_input_is_one_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no ILSVRC2012 tar"):
+        pipeline.build(tmp_path, tmp_path / "d", VERSION, "tfrecord", 1)
+    with pytest.raises(UserError, match="file format"):
+        pipeline.build(tmp_path, tmp_path / "d", VERSION, "riegeli", 1)
+    (tmp_path / imagenet.TAR_NAMES["validation"]).write_bytes(b"\x01" * 1024)
+    with pytest.raises(UserError):
+        pipeline.build(tmp_path, tmp_path / "d", VERSION, "tfrecord", 1, work_dir=tmp_path / "w")
+
+
+def test_prepare_cli_runs_the_engine(plain_sample: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "prepare_imagenet.py"), "--manual-dir", str(plain_sample),
+         "--data-dir", str(tmp_path / "d"), "--engine", "parallel", "--workers", "2"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["changed"] is True and summary["engine"] == "parallel"
+    assert summary["splits"]["train"]["examples"] == 150
+    # the engine's work folder (beside the temp data dir prepare.py builds into) is gone
+    assert not list((tmp_path / "d" / imagenet.DATASET).glob(".*engine-partial"))

@@ -1,0 +1,128 @@
+"""Pins the engine's hand-made record bytes and TFDS's private helpers it mirrors (TFDS 4.9.10)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from imagenet_fleet import imagenet
+from imagenet_fleet.engine import plan, records, tarindex
+
+
+@pytest.fixture(scope="module")
+def tfds_features():
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import example_serializer
+
+    builder = tfds.builder(imagenet.DATASET, data_dir=os.devnull)
+    features = builder.info.features
+    return features, example_serializer.ExampleSerializer(features.get_serialized_info())
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "size"),
+    [
+        ("n01440764_10026.JPEG", "n01440764", 110_000),
+        ("n15075141_9.JPEG", "n15075141", 127),  # label 999: two-byte varint
+        ("ILSVRC2012_test_00000001.JPEG", -1, 3),  # test split: label -1, a ten-byte varint
+        ("ILSVRC2012_val_00050000.JPEG", "n01443537", 0),
+        ("é_" + "x" * 200 + ".JPEG", "n01443537", 16_384),  # non-ASCII, name longer than 127 bytes
+        ("n01440764_1.JPEG", "n01440764", 3_000_000),  # three-byte varints
+    ],
+)
+def test_record_bytes_equal_tfds_serializer_deterministic(tfds_features, name, label, size) -> None:
+    features, serializer = tfds_features
+    image = os.urandom(size)
+    example = features.encode_example({"file_name": name, "image": image, "label": label})
+    expected = serializer.get_tf_example(example).SerializeToString(deterministic=True)
+    label_id = features["label"].str2int(label) if isinstance(label, str) else label
+    assert records.serialize(name, label_id, image) == expected
+    assert records.record_size(name, label_id, size) == len(expected)
+
+
+def test_tfrecord_framing_matches_tensorflow(tmp_path) -> None:
+    import tensorflow as tf
+
+    data = [os.urandom(n) for n in (0, 1, 1000, 70_000)]
+    path = tmp_path / "ref.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for d in data:
+            writer.write(d)
+    assert b"".join(records.tfrecord(d) for d in data) == path.read_bytes()
+    assert [bytes(r) for r in records.iter_tfrecords(path.read_bytes())] == data
+
+
+def test_iter_tfrecords_rejects_corruption() -> None:
+    blob = bytearray(records.tfrecord(b"hello"))
+    blob[13] ^= 1
+    with pytest.raises(ValueError, match="CRC"):
+        records.iter_tfrecords(bytes(blob))
+
+
+def test_hash_digest_equals_tfds_hasher() -> None:
+    from tensorflow_datasets.core import hashing
+
+    for split in ("train", "validation", "test"):
+        hasher = hashing.Hasher(split)
+        for key in ("n01440764_1.JPEG", "ILSVRC2012_val_00000001.JPEG", "a\\b.JPEG", "é"):
+            assert int.from_bytes(tarindex.hash_digest(split, key), "big") == hasher.hash_key(key)
+
+
+def test_order_equals_tfds_shuffler(tmp_path) -> None:
+    from tensorflow_datasets.core import shuffle
+
+    keys = [f"n01440764_{i}.JPEG" for i in range(500)]
+    shuffler = shuffle.Shuffler(tmp_path, hash_salt="train")
+    for i, key in enumerate(keys):
+        shuffler.add(key, struct.pack("<I", i))
+    expected = [struct.unpack("<I", data)[0] for _, data in shuffler]
+    digests = np.frombuffer(b"".join(tarindex.hash_digest("train", k) for k in keys), np.uint8).reshape(-1, 16)
+    assert plan.tfds_order(digests).tolist() == expected
+
+
+def test_duplicate_keys_are_a_user_error() -> None:
+    from imagenet_fleet.errors import UserError
+
+    digests = np.frombuffer(tarindex.hash_digest("train", "a") * 2, np.uint8).reshape(2, 16)
+    with pytest.raises(UserError, match="same file name"):
+        plan.tfds_order(digests)
+
+
+def test_layout_follows_tfds_shard_functions() -> None:
+    from tensorflow_datasets.core import naming
+    from tensorflow_datasets.core.utils import shard_utils
+
+    n = 1000
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(50_000, 150_000, n).astype(np.int64)
+    p = plan.SplitPlan(
+        split="train", tar_path="x", names=[f"k{i}" for i in range(n)], offsets=np.arange(n, dtype=np.int64),
+        sizes=sizes, labels=np.zeros(n, np.int64),
+        digests=np.frombuffer(b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n)), np.uint8).reshape(n, 16),
+        record_sizes=sizes,
+    )  # fmt: skip
+    template = naming.ShardedFileTemplate(
+        data_dir=naming.epath.Path("/d"), dataset_name="imagenet2012", split="train", filetype_suffix="tfrecord",
+        template=naming.DEFAULT_FILENAME_TEMPLATE,
+    )  # fmt: skip
+    plan.lay_out(p, shard_utils.ShardConfig(num_shards=7), template)
+    assert p.num_shards == 7
+    bounds = shard_utils.get_shard_boundaries(n, 7)
+    assert np.cumsum(p.shard_lengths).tolist() == bounds
+    assert p.shard_names[0] == "imagenet2012-train.tfrecord-00000-of-00007"
+    order = plan.tfds_order(p.digests)
+    # records are packed back to back in TFDS's order within each shard, first at offset 0
+    for shard in range(7):
+        members = [i for i in order if p.shard_of[i] == shard]
+        assert len(members) == p.shard_lengths[shard]
+        at = 0
+        for i in members:
+            assert p.dest[i] == at
+            at += int(sizes[i]) + records.TFRECORD_OVERHEAD
+        assert at == p.shard_file_sizes[shard]
+    # the default rule: TFDS's shard count for this total size
+    plan.lay_out(p, shard_utils.ShardConfig(), template)
+    assert p.num_shards == shard_utils.ShardConfig().get_number_shards(int(sizes.sum()), n)
