@@ -16,11 +16,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from imagenet_fleet.atomic import atomic_write_bytes, atomic_write_json
 from imagenet_fleet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,34 +33,9 @@ HASH_CHUNK = 4 * 1024 * 1024
 Manifest = dict[str, Any]
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` to `path` atomically: temp file in the same folder, fsync, rename, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the bytes that content ids are computed over."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def atomic_write_json(path: Path, value: Any, *, mode: int = 0o644) -> None:
-    """Write JSON (indented, sorted keys, trailing newline) atomically."""
-    atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"), mode=mode)
 
 
 def sha256_file(path: Path) -> str:

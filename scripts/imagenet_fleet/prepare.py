@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_fleet import cli, imagenet
+from imagenet_fleet.atomic import atomic_write_json, fsync_dir
 from imagenet_fleet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -129,30 +130,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def why_build(data_dir: Path, version: str, inputs: dict[str, Any]) -> str | None:
@@ -282,7 +259,7 @@ def swap_in(new_build: Path, target: Path) -> None:
     elif not exchange(new_build, target):
         os.rename(target, new_build.with_name(new_build.name + ".old"))  # fallback: target is missing only
         os.rename(new_build, target)  # between these two renames
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _remove_leftovers(data_dir: Path, version: str) -> None:
@@ -317,7 +294,7 @@ def build(
             "engine": engine,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_json_atomic(inputs_path(data_dir, version), record)
+        atomic_write_json(inputs_path(data_dir, version), record)
     finally:
         shutil.rmtree(tmp_data_dir, ignore_errors=True)
 

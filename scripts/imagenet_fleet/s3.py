@@ -34,6 +34,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.exceptions import RetriesExceededError
 
+from imagenet_fleet.atomic import fsync_dir
 from imagenet_fleet.errors import UserError
 
 S3Client = Any  # botocore builds its client classes at run time; no stubs dependency just for this alias
@@ -350,14 +351,6 @@ class _Progress:
         log.info("%s: %.1f%% (%d/%d bytes, %.0f MB/s)", self.what, pct, self.done, self.total, rate)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def temp_path(dest: Path) -> Path:
     """A hidden temp name beside `dest` (same filesystem, so the final rename is atomic)."""
     return dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
@@ -404,7 +397,7 @@ def download(
         if verify is not None:
             verify(tmp)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(

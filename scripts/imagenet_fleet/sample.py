@@ -19,15 +19,13 @@ import logging
 import os
 import random
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from imagenet_fleet import cli, imagenet
+from imagenet_fleet.atomic import atomic_file
 from imagenet_fleet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -179,27 +177,6 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Write `path` through a temp file in the same folder: fsync, rename, fsync the folder; unlink on error."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _open_tar(f: IO[bytes]) -> tarfile.TarFile:

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_fleet import cli, s3
+from imagenet_fleet.atomic import atomic_write_json
 from imagenet_fleet.errors import UserError
 from imagenet_fleet.imagenet import SPLITS, TAR_NAMES
-from imagenet_fleet.manifest import atomic_write_json, hash_file
+from imagenet_fleet.manifest import hash_file
 
 log = logging.getLogger(__name__)
 
