@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["s3_fixtures"]
-
 from imagenet_fleet.sample import SampleSpec, make_sample
+
+pytest_plugins = ["s3_fixtures"]
 
 # 10 synsets x 12 images + the 23 CMYK/PNG special-case images (in 23 more synsets), 30 validation, 10 test.
 SAMPLE_SPEC = SampleSpec(classes=10, images_per_class=12, val_images=30, test_images=10, special=True, seed=7)

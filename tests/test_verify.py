@@ -153,7 +153,8 @@ def test_unconverted_cmyk_image_fails(tfds_build, sample_tars, tmp_path: Path) -
             image[0] = cmyk
 
     rewrite_shard(shard(build, "train"), put_back_cmyk)
-    with pytest.raises(Mismatch, match=rf"^split train, example {name}: image format: .* found a JPEG of 4 components \(CMYK\)"):
+    expected = rf"^split train, example {name}: image format: .* found a JPEG of 4 components \(CMYK\)"
+    with pytest.raises(Mismatch, match=expected):
         verify(data, sample=0)  # special-case images are always checked, whatever the sample size
 
 

@@ -11,7 +11,7 @@ import ast
 import importlib.util
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 DATASET = "imagenet2012"
@@ -71,19 +71,19 @@ def _read_lines(relative: str) -> tuple[str, ...]:
     return tuple(_tfds_file(relative).read_text(encoding="utf-8").strip().splitlines())
 
 
-@lru_cache(maxsize=None)
+@cache
 def label_names() -> tuple[str, ...]:
     """The 1000 synsets in label order (TFDS's `labels.txt`): `label_names()[label]` is the label's synset."""
     return _read_lines(f"{_DATA}/labels.txt")
 
 
-@lru_cache(maxsize=None)
+@cache
 def label_index() -> dict[str, int]:
     """Synset -> label id."""
     return {name: i for i, name in enumerate(label_names())}
 
 
-@lru_cache(maxsize=None)
+@cache
 def validation_labels() -> tuple[str, ...]:
     """TFDS's `validation_labels.txt`: the synset of the i-th validation image in sorted name order (50,000)."""
     return _read_lines(f"{_DATA}/validation_labels.txt")
@@ -112,7 +112,7 @@ def _version_arg(node: ast.expr) -> str:
     raise ValueError(f"unexpected version expression: {ast.dump(node)}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def builder_facts() -> BuilderFacts:
     """Parse the imagenet2012 builder's module for its versions and special file names (no TF import)."""
     tree = ast.parse(_tfds_file(_BUILDER_SOURCE).read_text(encoding="utf-8"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
@@ -214,7 +213,7 @@ def _check_validation_labels(pairs: list[tuple[str, int]]) -> None:
     pairs.sort()
     if len(pairs) > len(truth):
         raise Mismatch("validation", "examples", f"at most {len(truth)}", len(pairs))
-    for (name, label), synset in zip(pairs, truth):
+    for (name, label), synset in zip(pairs, truth, strict=False):  # a sample holds the first N names
         if label != index[synset]:
             names = imagenet.label_names()
             raise Mismatch("validation", "label", f"{index[synset]} ({synset})", f"{label} ({names[label]})", name)
@@ -255,7 +254,7 @@ def _check_decodes(split: str, images: list[tuple[str, bytes]], feature: Any) ->
             decoded = tuple(feature.decode_example(tf.constant(data)).shape)
         except tf.errors.OpError as exc:
             raise Mismatch(split, "image decodes", "a decodable JPEG", exc.message, name) from None
-        if len(decoded) != len(shape) or any(d is not None and d != f for d, f in zip(shape, decoded)):
+        if len(decoded) != len(shape) or any(d is not None and d != f for d, f in zip(shape, decoded, strict=True)):
             raise Mismatch(split, "image shape", shape, decoded, name)
 
 

@@ -27,7 +27,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run_module(tmp_path: Path, args: list[str], *, check: bool = False) -> tuple[subprocess.CompletedProcess[str], dict]:
+def run_module(
+    tmp_path: Path, args: list[str], *, check: bool = False
+) -> tuple[subprocess.CompletedProcess[str], dict]:
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     playbook = tmp_path / "play.yml"
