@@ -134,12 +134,12 @@ _KILLER = textwrap.dedent(
     count = [0]
     def add(self, key):
         real_add(self, key)
-        count[0] += 1
+        count[0] += key.startswith({prefix!r})
         if count[0] == {after}:
             os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job dies at once: main and workers
     pipeline._Journal.add = add
     pipeline.build(Path({manual!r}), Path({data!r}), {version!r}, "tfrecord", 2, work_dir=Path({work!r}),
-                num_shards=3, unit_bytes=1 << 20)
+                num_shards={shards}, unit_bytes={unit_bytes})
     """
 )
 
@@ -150,7 +150,8 @@ def test_resume_after_sigkill_keeps_written_units(plain_sample: Path, tmp_path: 
                 unit_bytes=1 << 20)  # fmt: skip
     data, work = tmp_path / "d", tmp_path / "w"
     script = _KILLER.format(scripts=str(REPO / "scripts"), manual=str(plain_sample), data=str(data),
-                            version=VERSION, work=str(work), after=6)  # fmt: skip
+                            version=VERSION, work=str(work), after=6, prefix="", shards=3,
+                            unit_bytes=1 << 20)  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not (data / imagenet.DATASET / VERSION).exists()
@@ -159,6 +160,48 @@ def test_resume_after_sigkill_keeps_written_units(plain_sample: Path, tmp_path: 
     stats = pipeline.build(plain_sample, data, VERSION, "tfrecord", 2, work_dir=work, num_shards=3, unit_bytes=1 << 20)
     assert stats["units_resumed"] == 6
     assert digests(data / imagenet.DATASET / VERSION) == digests(whole / imagenet.DATASET / VERSION)
+
+
+def test_resume_after_sigkill_while_writing_after_the_reencoded_images(
+    special_sample: Path, engine_4_shards: Path, tmp_path: Path
+) -> None:
+    """Killed in the second write pass (the records after a re-encoded image, in shards already resized)."""
+    data, work = tmp_path / "d", tmp_path / "w"
+    script = _KILLER.format(scripts=str(REPO / "scripts"), manual=str(special_sample), data=str(data),
+                            version=VERSION, work=str(work), after=2, prefix="B:", shards=4,
+                            unit_bytes=1 << 19)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    done = (work / "journal.jsonl").read_text()
+    assert '"A:train:' in done and '"B:train:' in done
+    stats = pipeline.build(
+        special_sample, data, VERSION, "tfrecord", 2, work_dir=work, num_shards=4, unit_bytes=1 << 19
+    )
+    assert stats["units_resumed"] >= 2
+    assert digests(data / imagenet.DATASET / VERSION) == digests(engine_4_shards)
+
+
+def test_reencoded_sizes_that_change_the_shard_count_rewrite_train(
+    special_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rare case where the new sizes cross a shard-count threshold (simulated: 4 train shards become 3)."""
+    from tensorflow_datasets.core.utils import shard_utils
+
+    real, calls = pipeline.lay_out, []
+
+    def lay_out(plan, config, template):  # type: ignore[no-untyped-def]
+        calls.append(plan.split)
+        if plan.split == "train" and calls.count("train") == 2:
+            config = shard_utils.ShardConfig(num_shards=3)
+        return real(plan, config, template)
+
+    monkeypatch.setattr(pipeline, "lay_out", lay_out)
+    pipeline.build(special_sample, tmp_path / "a", VERSION, "tfrecord", 2, work_dir=tmp_path / "wa", num_shards=4)
+    monkeypatch.undo()
+    pipeline.build(special_sample, tmp_path / "b", VERSION, "tfrecord", 2, work_dir=tmp_path / "wb", num_shards=3)
+    moved, direct = (digests(tmp_path / x / imagenet.DATASET / VERSION) for x in ("a", "b"))
+    train = {k: v for k, v in direct.items() if "-train." in k}
+    assert len(train) == 3 and {k: v for k, v in moved.items() if "-train." in k} == train
 
 
 def test_changed_inputs_start_over(plain_sample: Path, special_sample: Path, tmp_path: Path) -> None:
@@ -191,3 +234,29 @@ def test_prepare_cli_runs_the_engine(plain_sample: Path, tmp_path: Path) -> None
     assert summary["splits"]["train"]["examples"] == 150
     # the engine's work folder (beside the temp data dir prepare.py builds into) is gone
     assert not list((tmp_path / "d" / imagenet.DATASET).glob(".*engine-partial"))
+
+
+def test_reencode_is_the_builders_fix_image(special_sample: Path) -> None:
+    import io
+    import tarfile
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from imagenet_fleet.engine import special
+
+    builder = tfds.builder(imagenet.DATASET, version=VERSION, data_dir=str(special_sample / "unused"))
+    names = special.special_names()
+    seen = 0
+    with tarfile.open(special_sample / imagenet.TAR_NAMES["train"]) as outer:
+        for member in outer:
+            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+                for image in inner:
+                    data = inner.extractfile(image).read()  # type: ignore[union-attr]
+                    if image.name in names or seen == 0:
+                        seen += 1
+                        assert (
+                            special.reencode(tf, image.name, data)
+                            == builder._fix_image(image.name, io.BytesIO(data)).read()
+                        )
+    assert seen == 24

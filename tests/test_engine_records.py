@@ -101,7 +101,8 @@ def test_layout_follows_tfds_shard_functions() -> None:
     p = plan.SplitPlan(
         split="train", tar_path="x", names=[f"k{i}" for i in range(n)], offsets=np.arange(n, dtype=np.int64),
         sizes=sizes, labels=np.zeros(n, np.int64),
-        digests=np.frombuffer(b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n)), np.uint8).reshape(n, 16),
+        digests=np.frombuffer(b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n)), np.uint8)
+        .reshape(n, 16),
         record_sizes=sizes,
     )  # fmt: skip
     template = naming.ShardedFileTemplate(
@@ -126,3 +127,40 @@ def test_layout_follows_tfds_shard_functions() -> None:
     # the default rule: TFDS's shard count for this total size
     plan.lay_out(p, shard_utils.ShardConfig(), template)
     assert p.num_shards == shard_utils.ShardConfig().get_number_shards(int(sizes.sum()), n)
+
+
+def test_dependent_records_are_those_at_or_after_a_changing_one_in_its_shard() -> None:
+    n = 40
+    p = plan.SplitPlan(
+        split="train", tar_path="x", names=[f"k{i}" for i in range(n)], offsets=np.arange(n, dtype=np.int64),
+        sizes=np.full(n, 100, np.int64), labels=np.zeros(n, np.int64),
+        digests=np.frombuffer(b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n)), np.uint8)
+        .reshape(n, 16),
+        record_sizes=np.full(n, 120, np.int64),
+    )  # fmt: skip
+    from tensorflow_datasets.core import naming
+    from tensorflow_datasets.core.utils import shard_utils
+
+    template = naming.ShardedFileTemplate(
+        data_dir=naming.epath.Path("/d"), dataset_name="imagenet2012", split="train", filetype_suffix="tfrecord",
+        template=naming.DEFAULT_FILENAME_TEMPLATE,
+    )  # fmt: skip
+    plan.lay_out(p, shard_utils.ShardConfig(num_shards=4), template)
+    changing = [3, 17]
+    later = plan.dependent(p, changing)
+    before = (p.shard_of.copy(), p.dest.copy())
+    p.record_sizes[changing] += 1000  # the re-encoded images: bigger
+    plan.lay_out(p, shard_utils.ShardConfig(num_shards=4), template)
+    moved = (p.shard_of != before[0]) | (p.dest != before[1])
+    assert not (moved & ~later).any()  # what is not `later` can be written before the new sizes are known
+    assert later[changing].all() and later.sum() < n
+    assert not plan.dependent(p, []).any()
+
+
+@pytest.mark.parametrize("name", ["n01440764_10026.JPEG", "x", "é" * 70, "a" * 200])
+def test_record_size_is_computed_without_building_the_record(name: str) -> None:
+    edges = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 40, 2**21 - 5, 2**21, 2**28 - 30, 2**28 + 5, 123_457]
+    for label in (0, 1, 127, 128, 999, -1):
+        for size in edges:
+            prefix, suffix = records.example_parts(name, label, size)
+            assert records.record_size(name, label, size) == len(prefix) + size + len(suffix)

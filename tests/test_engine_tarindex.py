@@ -38,7 +38,7 @@ def _ours(path: Path) -> list[tuple[str, bytes]]:
     chain = tarindex.Chain(str(path), 0, path.stat().st_size, "train", label=0)
     (index,) = tarindex.index_chains([chain])
     data = path.read_bytes()
-    return [(n, data[o : o + s]) for n, o, s in zip(index.names, index.offsets, index.sizes)]
+    return [(n, data[o : o + s]) for n, o, s in zip(index.names, index.offsets, index.sizes, strict=True)]
 
 
 EDGE_MEMBERS: list[tuple[str, bytes | None]] = [
@@ -57,7 +57,8 @@ EDGE_MEMBERS: list[tuple[str, bytes | None]] = [
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
 def test_members_equal_tfds_iter_tar(tmp_path: Path, fmt: int) -> None:
     members = EDGE_MEMBERS if fmt != tarfile.USTAR_FORMAT else [m for m in EDGE_MEMBERS if len(m[0]) < 100]
-    members = members + [("p" * 90 + "/" + "q" * 60 + ".JPEG", b"ustar prefix")] if fmt == tarfile.USTAR_FORMAT else members
+    if fmt == tarfile.USTAR_FORMAT:
+        members = [*members, ("p" * 90 + "/" + "q" * 60 + ".JPEG", b"ustar prefix")]
     path = _tar(tmp_path / "x.tar", members, fmt)
     assert _ours(path) == _tfds_view(path)
 
@@ -85,7 +86,7 @@ def test_inner_tars_are_indexed_in_place(sample_dir: Path) -> None:
     inner = tarindex.Chain(str(outer), offset, offset + size, "train", label=0)
     (index,) = tarindex.index_chains([inner])
     expected = _tfds_view_bytes(data[offset : offset + size])
-    assert [(n, data[o : o + s]) for n, o, s in zip(index.names, index.offsets, index.sizes)] == expected
+    assert [(n, data[o : o + s]) for n, o, s in zip(index.names, index.offsets, index.sizes, strict=True)] == expected
 
 
 def _tfds_view_bytes(blob: bytes) -> list[tuple[str, bytes]]:

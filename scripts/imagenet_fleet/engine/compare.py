@@ -53,8 +53,10 @@ def differences(ours: Path, reference: Path, limit: int = 5) -> list[str]:
         if a.exists() != b.exists():
             out.append(f"{name}: only in one build")
         elif a.exists():
-            same = json.loads(a.read_text()) == json.loads(b.read_text()) if name.endswith(".json") else (
-                a.read_bytes() == b.read_bytes()
+            same = (
+                json.loads(a.read_text()) == json.loads(b.read_text())
+                if name.endswith(".json")
+                else (a.read_bytes() == b.read_bytes())
             )
             if not same:
                 out.append(f"{name} differs")
@@ -62,9 +64,7 @@ def differences(ours: Path, reference: Path, limit: int = 5) -> list[str]:
         if name in METADATA_FILES:
             continue
         count = 0
-        for count, (a, b) in enumerate(
-            _zip_strict(iter_records(ours / name), iter_records(reference / name)), start=1
-        ):
+        for count, (a, b) in enumerate(_zip_strict(iter_records(ours / name), iter_records(reference / name)), start=1):
             if a is None or b is None:
                 out.append(f"{name}: different number of records (from record {count - 1})")
                 break

@@ -13,7 +13,7 @@ from imagenet_fleet import imagenet
 
 
 def make_builder(data_dir: Path, version: str, file_format: str) -> Any:
-    """TFDS's imagenet2012 builder (no TensorFlow import), with the file format set as `download_and_prepare` sets it."""
+    """TFDS's imagenet2012 builder (no TensorFlow import), the file format set as `download_and_prepare` sets it."""
     import tensorflow_datasets as tfds
 
     with contextlib.redirect_stdout(sys.stderr):

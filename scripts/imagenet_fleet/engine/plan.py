@@ -40,6 +40,7 @@ class SplitPlan:
     num_shards: int = 0
     shard_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     dest: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # byte offset in its shard file
+    rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # position in TFDS's order
     shard_lengths: list[int] = field(default_factory=list)
     shard_file_sizes: list[int] = field(default_factory=list)
     shard_names: list[str] = field(default_factory=list)
@@ -88,6 +89,8 @@ def lay_out(plan: SplitPlan, shard_config: ShardConfig, filename_template: Any) 
     plan.shard_of[order] = rank_shard
     plan.dest = np.empty(n, np.int64)
     plan.dest[order] = dest_sorted
+    plan.rank = np.empty(n, np.int64)
+    plan.rank[order] = np.arange(n, dtype=np.int64)
     plan.shard_lengths = np.diff(np.concatenate(([0], bounds))).astype(int).tolist()
     plan.shard_file_sizes = np.bincount(rank_shard, weights=framed, minlength=num_shards).astype(np.int64).tolist()
     plan.shard_names = [
@@ -95,23 +98,34 @@ def lay_out(plan: SplitPlan, shard_config: ShardConfig, filename_template: Any) 
     ]
 
 
-def units(plan: SplitPlan, unit_bytes: int) -> list[tuple[int, int]]:
-    """Cut the split's records (tar order) into runs of about `unit_bytes` of tar: the writers' work units."""
-    out: list[tuple[int, int]] = []
+def dependent(plan: SplitPlan, changing: list[int]) -> np.ndarray:
+    """Records (tar order) whose offset moves when the records `changing` change size: in the same shard, at or after
+    the first of them in TFDS's order. The others can be written before the new sizes are known."""
+    first = np.full(max(plan.num_shards, 1), np.iinfo(np.int64).max, np.int64)
+    for i in changing:
+        first[plan.shard_of[i]] = min(first[plan.shard_of[i]], plan.rank[i])
+    return plan.rank >= first[plan.shard_of]
+
+
+def units(plan: SplitPlan, unit_bytes: int, idx: np.ndarray | None = None) -> list[np.ndarray]:
+    """Cut the records `idx` (tar order; default all) into runs of about `unit_bytes` of tar: the writers' work
+    units, as arrays of record indices."""
+    idx = np.arange(len(plan), dtype=np.int64) if idx is None else idx
+    offsets = plan.offsets[idx]
+    out: list[np.ndarray] = []
     start = 0
-    n = len(plan)
+    n = len(idx)
     while start < n:
-        limit = plan.offsets[start] + unit_bytes
-        end = int(np.searchsorted(plan.offsets, limit, side="left"))
+        end = int(np.searchsorted(offsets, offsets[start] + unit_bytes, side="left"))
         end = max(end, start + 1)
-        out.append((start, end))
+        out.append(idx[start:end])
         start = end
     return out
 
 
 def fingerprint(plans: list[SplitPlan], version: str, file_format: str) -> str:
     """What the output depends on; a resumed run continues only a journal with the same fingerprint."""
-    h = hashlib.sha256(f"{version}|{file_format}|records-v1".encode())
+    h = hashlib.sha256(f"{version}|{file_format}|records-v2".encode())
     for plan in plans:
         h.update(f"|{plan.split}|{plan.tar_path}|{len(plan)}|{plan.num_shards}|".encode())
         h.update("\n".join(plan.names).encode("utf-8", "surrogateescape"))

@@ -2,20 +2,21 @@
 
 - Workers come from a fork server (a clean interpreter), not from the caller, which may hold TensorFlow's threads
   (forking those deadlocks or crashes).
-- The repo's CLIs (`scripts/*.py`) call `main()` at import, without an `if __name__ == "__main__"` guard, and
-  spawn/forkserver children re-import the parent's `__main__` by path: while processes are launched, `__main__`'s
-  `__file__` is hidden so the children do not run the CLI again.
+- Workers run at a low priority (`WORKER_NICE`): on a small host they would otherwise slow the helper that
+  re-encodes the CMYK/PNG images (importing TensorFlow: seconds of CPU), which is on the critical path; the writers
+  use whatever CPU it leaves (on a large host, cores to spare, it changes nothing).
+- Children re-import the parent's `__main__` by path: the repo's CLIs (`scripts/*.py`) run `main()` only under an
+  `if __name__ == "__main__"` guard, so that is harmless.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 
 PRELOAD = ["imagenet_fleet.engine.write", "imagenet_fleet.engine.tarindex"]
+WORKER_NICE = int(os.environ.get("IMAGENET_FLEET_WORKER_NICE", "19"))
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -24,13 +25,6 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-@contextmanager
-def hidden_main() -> Iterator[None]:
-    """Launch processes inside this block: they will not re-import the caller's `__main__` script."""
-    main = sys.modules.get("__main__")
-    saved = main.__dict__.pop("__file__", None) if main is not None else None
-    try:
-        yield
-    finally:
-        if main is not None and saved is not None:
-            main.__dict__["__file__"] = saved
+def worker_init() -> None:
+    """Runs first in every worker."""
+    os.nice(WORKER_NICE)

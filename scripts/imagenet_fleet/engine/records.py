@@ -10,6 +10,7 @@ known from the tar header alone (`record_size`). `tests/test_engine_records.py` 
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import crc32c
@@ -21,8 +22,15 @@ _KEY_IMAGE = b"image"
 _KEY_LABEL = b"label"
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
 def varint(value: int) -> bytes:
     """Protobuf base-128 varint; negative int64 values take 10 bytes (two's complement), as protobuf writes them."""
+    if 0 <= value < 128:
+        return _SMALL[value]
+    if 0 <= value < 16384:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     if value < 0:
         value += 1 << 64
     out = bytearray()
@@ -58,6 +66,7 @@ def _bytes_entry(key: bytes, value: bytes) -> bytes:
     return _map_entry_head(key, len(head) + len(value)) + head + value
 
 
+@functools.lru_cache(maxsize=4096)
 def _label_entry(label: int) -> bytes:
     packed = varint(label)
     int64_list = _field(0x0A, len(packed)) + packed  # Int64List{value: [label]}, packed
@@ -76,10 +85,28 @@ def example_parts(file_name: str, label: int, image_len: int) -> tuple[bytes, by
     return prefix, label_entry
 
 
+def _vlen(value: int) -> int:
+    """len(varint(value)) for value >= 0."""
+    return max(1, -(-value.bit_length() // 7))
+
+
+def _bytes_entry_len(key_len: int, value_len: int) -> int:
+    """len(_bytes_entry(key, value)), arithmetically."""
+    bytes_list_len = 1 + _vlen(value_len) + value_len
+    feature_len = 1 + _vlen(bytes_list_len) + bytes_list_len
+    entry_len = 1 + _vlen(key_len) + key_len + 1 + _vlen(feature_len) + feature_len
+    return 1 + _vlen(entry_len) + entry_len
+
+
 def record_size(file_name: str, label: int, image_len: int) -> int:
-    """Length of the serialized example (what TFDS counts in `num_bytes` and in its shard-count rule)."""
-    prefix, suffix = example_parts(file_name, label, image_len)
-    return len(prefix) + image_len + len(suffix)
+    """Length of the serialized example (what TFDS counts in `num_bytes` and in its shard-count rule), computed
+    without building it (the indexers call this for every image)."""
+    features_len = (
+        _bytes_entry_len(len(_KEY_FILE_NAME), len(file_name.encode("utf-8")))
+        + _bytes_entry_len(len(_KEY_IMAGE), image_len)
+        + len(_label_entry(label))
+    )
+    return 1 + _vlen(features_len) + features_len
 
 
 def serialize(file_name: str, label: int, image: bytes) -> bytes:
