@@ -27,6 +27,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/yamllint --strict .
+	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production --strict
 
 pytest: venv
