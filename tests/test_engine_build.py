@@ -144,16 +144,23 @@ _KILLER = textwrap.dedent(
 )
 
 
+def _kill_build_after(
+    manual: Path, data: Path, work: Path, *, after: int, prefix: str, shards: int, unit_bytes: int
+) -> None:
+    """Run a build in a child process that SIGKILLs its whole session after `after` journaled units of `prefix`."""
+    script = _KILLER.format(scripts=str(REPO / "scripts"), manual=str(manual), data=str(data), version=VERSION,
+                            work=str(work), after=after, prefix=prefix, shards=shards,
+                            unit_bytes=unit_bytes)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+
+
 def test_resume_after_sigkill_keeps_written_units(plain_sample: Path, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     pipeline.build(plain_sample, whole, VERSION, "tfrecord", 2, work_dir=tmp_path / "w0", num_shards=3,
                 unit_bytes=1 << 20)  # fmt: skip
     data, work = tmp_path / "d", tmp_path / "w"
-    script = _KILLER.format(scripts=str(REPO / "scripts"), manual=str(plain_sample), data=str(data),
-                            version=VERSION, work=str(work), after=6, prefix="", shards=3,
-                            unit_bytes=1 << 20)  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    _kill_build_after(plain_sample, data, work, after=6, prefix="", shards=3, unit_bytes=1 << 20)
     assert not (data / imagenet.DATASET / VERSION).exists()
     journal = (work / "journal.jsonl").read_text().splitlines()
     assert len(journal) == 1 + 6
@@ -167,11 +174,7 @@ def test_resume_after_sigkill_while_writing_after_the_reencoded_images(
 ) -> None:
     """Killed in the second write pass (the records after a re-encoded image, in shards already resized)."""
     data, work = tmp_path / "d", tmp_path / "w"
-    script = _KILLER.format(scripts=str(REPO / "scripts"), manual=str(special_sample), data=str(data),
-                            version=VERSION, work=str(work), after=2, prefix="B:", shards=4,
-                            unit_bytes=1 << 19)  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    _kill_build_after(special_sample, data, work, after=2, prefix="B:", shards=4, unit_bytes=1 << 19)
     done = (work / "journal.jsonl").read_text()
     assert '"A:train:' in done and '"B:train:' in done
     stats = pipeline.build(

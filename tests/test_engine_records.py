@@ -91,24 +91,34 @@ def test_duplicate_keys_are_a_user_error() -> None:
         plan.tfds_order(digests)
 
 
-def test_layout_follows_tfds_shard_functions() -> None:
+def _train_plan(sizes: np.ndarray, record_sizes: np.ndarray) -> plan.SplitPlan:
+    """A train SplitPlan over keys k0..kN with the given image and record sizes (offsets are not read)."""
+    n = len(sizes)
+    digests = b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n))
+    return plan.SplitPlan(
+        split="train", tar_path="x", names=[f"k{i}" for i in range(n)], offsets=np.arange(n, dtype=np.int64),
+        sizes=sizes, labels=np.zeros(n, np.int64), digests=np.frombuffer(digests, np.uint8).reshape(n, 16),
+        record_sizes=record_sizes,
+    )  # fmt: skip
+
+
+def _train_template():  # a tfds naming.ShardedFileTemplate (private API)
     from tensorflow_datasets.core import naming
+
+    return naming.ShardedFileTemplate(
+        data_dir=naming.epath.Path("/d"), dataset_name="imagenet2012", split="train", filetype_suffix="tfrecord",
+        template=naming.DEFAULT_FILENAME_TEMPLATE,
+    )  # fmt: skip
+
+
+def test_layout_follows_tfds_shard_functions() -> None:
     from tensorflow_datasets.core.utils import shard_utils
 
     n = 1000
     rng = np.random.default_rng(0)
     sizes = rng.integers(50_000, 150_000, n).astype(np.int64)
-    p = plan.SplitPlan(
-        split="train", tar_path="x", names=[f"k{i}" for i in range(n)], offsets=np.arange(n, dtype=np.int64),
-        sizes=sizes, labels=np.zeros(n, np.int64),
-        digests=np.frombuffer(b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n)), np.uint8)
-        .reshape(n, 16),
-        record_sizes=sizes,
-    )  # fmt: skip
-    template = naming.ShardedFileTemplate(
-        data_dir=naming.epath.Path("/d"), dataset_name="imagenet2012", split="train", filetype_suffix="tfrecord",
-        template=naming.DEFAULT_FILENAME_TEMPLATE,
-    )  # fmt: skip
+    p = _train_plan(sizes, sizes)
+    template = _train_template()
     plan.lay_out(p, shard_utils.ShardConfig(num_shards=7), template)
     assert p.num_shards == 7
     bounds = shard_utils.get_shard_boundaries(n, 7)
@@ -131,20 +141,10 @@ def test_layout_follows_tfds_shard_functions() -> None:
 
 def test_dependent_records_are_those_at_or_after_a_changing_one_in_its_shard() -> None:
     n = 40
-    p = plan.SplitPlan(
-        split="train", tar_path="x", names=[f"k{i}" for i in range(n)], offsets=np.arange(n, dtype=np.int64),
-        sizes=np.full(n, 100, np.int64), labels=np.zeros(n, np.int64),
-        digests=np.frombuffer(b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n)), np.uint8)
-        .reshape(n, 16),
-        record_sizes=np.full(n, 120, np.int64),
-    )  # fmt: skip
-    from tensorflow_datasets.core import naming
+    p = _train_plan(np.full(n, 100, np.int64), np.full(n, 120, np.int64))
     from tensorflow_datasets.core.utils import shard_utils
 
-    template = naming.ShardedFileTemplate(
-        data_dir=naming.epath.Path("/d"), dataset_name="imagenet2012", split="train", filetype_suffix="tfrecord",
-        template=naming.DEFAULT_FILENAME_TEMPLATE,
-    )  # fmt: skip
+    template = _train_template()
     plan.lay_out(p, shard_utils.ShardConfig(num_shards=4), template)
     changing = [3, 17]
     later = plan.dependent(p, changing)
