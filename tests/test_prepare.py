@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from s3_fixtures import ScriptResult, run_script
 
 from imagenet_fleet import imagenet, prepare
 from imagenet_fleet.errors import UserError
@@ -20,10 +20,8 @@ from imagenet_fleet.sample import SampleSpec, make_sample, parse_comment
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "prepare_imagenet.py"), *args], capture_output=True, text=True
-    )
+def run_cli(*args: str) -> ScriptResult:
+    return run_script("prepare_imagenet.py", *args)
 
 
 def last_json(out: str) -> dict:
@@ -83,7 +81,7 @@ def test_build_matches_the_tars(tfds_build, sample_tars) -> None:
 def test_rerun_is_a_no_op(tfds_build) -> None:
     before = snapshot(tfds_build.data_dir)
     result = run_cli("--manual-dir", str(tfds_build.manual_dir), "--data-dir", str(tfds_build.data_dir))
-    assert result.returncode == 0, result.stderr
+    assert result.rc == 0, result.stderr
     summary = last_json(result.stdout)
     assert summary["changed"] is False and summary["splits"] == tfds_build.summary["splits"]
     assert snapshot(tfds_build.data_dir) == before
@@ -92,7 +90,7 @@ def test_rerun_is_a_no_op(tfds_build) -> None:
 def test_check_mode_changes_nothing(sample_tars, tmp_path: Path) -> None:
     data = tmp_path / "data"
     result = run_cli("--manual-dir", str(sample_tars.dir), "--data-dir", str(data), "--check")
-    assert result.returncode == 0, result.stderr
+    assert result.rc == 0, result.stderr
     summary = last_json(result.stdout)
     assert summary["changed"] is True and summary["check"] is True and summary["reason"] == "no build yet"
     assert not data.exists()
@@ -156,7 +154,7 @@ def test_incomplete_build_is_rebuilt_and_unrecorded_build_is_not_trusted(tfds_bu
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert result.returncode == 2, result.stderr
+    assert result.rc == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0], result.stderr
     for needle in needles:

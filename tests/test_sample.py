@@ -11,16 +11,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from s3_fixtures import run_script
 
 from imagenet_fleet import imagenet
 from imagenet_fleet.errors import UserError
 from imagenet_fleet.sample import SIZES, SampleSpec, make_sample, parse_comment, spread_synsets
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True)
 
 
 def flat_members(path: Path) -> dict[str, bytes]:
@@ -150,7 +147,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
 
 
 def test_cli_summary_and_bad_arguments(tmp_path: Path) -> None:
-    ok = run_cli(
+    ok = run_script(
         "make_sample_imagenet.py",
         "--out",
         str(tmp_path / "s"),
@@ -163,12 +160,12 @@ def test_cli_summary_and_bad_arguments(tmp_path: Path) -> None:
         "--seed",
         "1",
     )
-    assert ok.returncode == 0, ok.stderr
+    assert ok.rc == 0, ok.stderr
     summary = json.loads(ok.stdout.strip().splitlines()[-1])
     assert summary["changed"] is True and summary["counts"] == {"train": 2, "validation": 3}
     assert set(summary["paths"]) == set(summary["bytes"]) == {"train", "validation"} and summary["seconds"] >= 0
     for args in (["--classes", "1001"], ["--classes", "1", "--val-images", "50001"], ["--classes", "0"]):
-        bad = run_cli(
+        bad = run_script(
             "make_sample_imagenet.py",
             "--out",
             str(tmp_path / "x"),
@@ -176,7 +173,7 @@ def test_cli_summary_and_bad_arguments(tmp_path: Path) -> None:
             "1",
             *(args if "--val-images" in args else [*args, "--val-images", "0"]),
         )
-        assert bad.returncode == 2
+        assert bad.rc == 2
         assert bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1 and "fix:" in bad.stderr
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="not a directory"):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from s3_fixtures import ScriptResult, run_script
 
 from imagenet_fleet import imagenet
 from imagenet_fleet.errors import UserError
@@ -21,10 +20,8 @@ from imagenet_fleet.verify import Mismatch, parse_expect, tar_images, verify
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "verify_dataset.py"), *args], capture_output=True, text=True
-    )
+def run_cli(*args: str) -> ScriptResult:
+    return run_script("verify_dataset.py", *args)
 
 
 def copy_of(tfds_build, tmp_path: Path) -> tuple[Path, Path]:
@@ -70,7 +67,7 @@ def test_good_build_passes_every_check(tfds_build, sample_tars) -> None:
         "--sample",
         "5",
     )
-    assert result.returncode == 0, result.stderr
+    assert result.rc == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["ok"] is True and summary["splits"] == counts
     assert set(summary["checks"]) == {
@@ -81,7 +78,7 @@ def test_good_build_passes_every_check(tfds_build, sample_tars) -> None:
 
 def test_wrong_expect_fails_naming_the_split(tfds_build) -> None:
     result = run_cli("--data-dir", str(tfds_build.data_dir), "--expect", "train=143,validation=31")
-    assert result.returncode == 1
+    assert result.rc == 1
     assert "mismatch: split validation: examples (--expect): expected 31, found 30" in result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["ok"] is False and summary["split"] == "validation"
@@ -99,7 +96,7 @@ def test_expected_split_missing_from_the_build_fails(tfds_build, tmp_path: Path)
 def test_bad_arguments_exit_2(tfds_build, tmp_path: Path) -> None:
     for args in (["--data-dir", str(tmp_path)], ["--data-dir", str(tfds_build.data_dir), "--expect", "trian=3"]):
         result = run_cli(*args)
-        assert result.returncode == 2 and result.stderr.startswith("error: ") and "(fix: " in result.stderr
+        assert result.rc == 2 and result.stderr.startswith("error: ") and "(fix: " in result.stderr
     with pytest.raises(UserError, match="no imagenet2012 5.1.0 build"):
         verify(tmp_path)
     assert parse_expect("train=1, validation=2,test=3") == {"train": 1, "validation": 2, "test": 3}
