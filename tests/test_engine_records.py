@@ -139,24 +139,6 @@ def test_layout_follows_tfds_shard_functions() -> None:
     assert p.num_shards == shard_utils.ShardConfig().get_number_shards(int(sizes.sum()), n)
 
 
-def test_dependent_records_are_those_at_or_after_a_changing_one_in_its_shard() -> None:
-    n = 40
-    p = _train_plan(np.full(n, 100, np.int64), np.full(n, 120, np.int64))
-    from tensorflow_datasets.core.utils import shard_utils
-
-    template = _train_template()
-    plan.lay_out(p, shard_utils.ShardConfig(num_shards=4), template)
-    changing = [3, 17]
-    later = plan.dependent(p, changing)
-    before = (p.shard_of.copy(), p.dest.copy())
-    p.record_sizes[changing] += 1000  # the re-encoded images: bigger
-    plan.lay_out(p, shard_utils.ShardConfig(num_shards=4), template)
-    moved = (p.shard_of != before[0]) | (p.dest != before[1])
-    assert not (moved & ~later).any()  # what is not `later` can be written before the new sizes are known
-    assert later[changing].all() and later.sum() < n
-    assert not plan.dependent(p, []).any()
-
-
 @pytest.mark.parametrize("name", ["n01440764_10026.JPEG", "x", "é" * 70, "a" * 200])
 def test_record_size_is_computed_without_building_the_record(name: str) -> None:
     edges = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 40, 2**21 - 5, 2**21, 2**28 - 30, 2**28 + 5, 123_457]

@@ -1,35 +1,34 @@
 """The parallel engine: index the tars' headers, lay the records out as TFDS would, write each record once.
 
-Phases (logged with their times):
-1. index   — header reads only, all chains concurrently, in the worker processes; meanwhile the main process imports
-             TFDS (no TensorFlow) and, if the train tar has the CMYK/PNG synsets, a helper starts importing TF;
-2. layout  — TFDS's order, shard count, boundaries and names; every record's offset, with the CMYK/PNG images at
-             their tar sizes for now; shard files preallocated;
-3. write   — one sequential pass over each tar in work units, each record `pwritev`'d into place: every record but
-             those at or after a CMYK/PNG image in its shard (most of them on real data: 23 images, 1,024 shards);
-4. special — the re-encoded images arrive (the helper converted them meanwhile; the complete shards are fdatasync'd
-             while we wait): the affected shards are resized and their remaining records written (a second read of
-             those records' tar bytes: ~1% of the train tar on real data, ~half of it on the 12k bench sample);
-5. finish  — (ArrayRecord: convert), fdatasync, TFDS metadata, rename into `<data_dir>/imagenet2012/<version>`.
+Each split goes through these steps on its own, as soon as its tar's headers are read (the train split's serial
+walks and the flat validation/test tars' are indexed concurrently, and one split's writes overlap another's index):
+1. index   — header reads only, in the worker processes (no image byte is read); meanwhile the main process imports
+             TFDS (no TensorFlow) and, if the train tar has the CMYK/PNG synsets, a helper loads TF's image kernels;
+2. special — (train) the 23 CMYK/PNG images are read and re-encoded by the helper, warm by then: their new sizes
+             are known before anything is laid out;
+3. layout  — TFDS's order, shard count, boundaries and names; every record's offset; shard files preallocated;
+4. write   — one sequential pass over the tar in work units (every image byte read once, in tar order), each
+             record `pwritev`'d into its place;
+then, for all splits: (ArrayRecord: convert), fdatasync, TFDS metadata, rename into
+`<data_dir>/imagenet2012/<version>`.
 
-The workers run at a low priority: the helper's TF import is on the critical path on a small host (`procs`).
-
-Resume: the work happens in a stable folder beside `data_dir` (`work_dir`), with a journal of finished units
-headed by the plan's fingerprint (units of pass 3 are `A:<split>:<first record>`, of pass 4 `B:…`, or `F:…` in the
-rare case where the new sizes change the train shard count and train is written again). A re-run with the same
-inputs skips the journaled units; with different inputs it starts over. Output bytes depend only on the tars (not
-on `workers`, timing, or which units were resumed).
+Resume: the work happens in a stable folder beside `data_dir` (`work_dir`), with a journal per split of its finished
+units (`A:<split>:<first record>`), headed by the split's fingerprint. A re-run with the same inputs skips the
+journaled units; a split whose inputs changed starts over. Output bytes depend only on the tars (not on `workers`,
+timing, or which units were resumed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import shutil
-import threading
 import time
+from array import array
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -41,14 +40,13 @@ import numpy as np
 from imagenet_fleet import imagenet
 from imagenet_fleet.atomic import fsync_dir
 from imagenet_fleet.engine import arrayrecord, procs, records, special, tarindex, write
-from imagenet_fleet.engine.plan import SplitPlan, dependent, fingerprint, lay_out, units
+from imagenet_fleet.engine.plan import SplitPlan, fingerprint, lay_out, units
 from imagenet_fleet.errors import UserError
 
 log = logging.getLogger(__name__)
 
 UNIT_BYTES = 32 << 20  # tar bytes per write unit (the resume granularity)
 FILE_FORMATS = ("tfrecord", "array_record")
-JOURNAL = "journal.jsonl"
 
 
 def default_workers() -> int:
@@ -64,6 +62,11 @@ class _Clock:
     def __init__(self) -> None:
         self.start = self.last = time.monotonic()
         self.phases: dict[str, float] = {}
+        self.events: dict[str, float] = {}
+
+    def mark(self, event: str) -> None:
+        """When something happened, in seconds since the start (the stats' timeline)."""
+        self.events[event] = round(time.monotonic() - self.start, 3)
 
     def lap(self, phase: str) -> None:
         now = time.monotonic()
@@ -88,9 +91,10 @@ def _train_chains(path: str) -> tuple[list[tarindex.Chain], set[str]]:
     """The outer train tar's members (read here: one header per synset) as chains over the inner tars."""
     label_index = imagenet.label_index()
     size = os.path.getsize(path)
-    fd = tarindex.open_random(path)
+    outer = tarindex.Chain(path, 0, size, "train")
+    fd = tarindex.open_for(outer)
     try:
-        members = tarindex.walk(fd, tarindex.Chain(path, 0, size, "train"))
+        members = tarindex.walk(fd, outer)
     finally:
         os.close(fd)
     chains: list[tarindex.Chain] = []
@@ -214,47 +218,26 @@ def _locked_dir(path: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- the engine
 
 
-def _run_units(pool: ProcessPoolExecutor, todo: list[write.Unit], journal: _Journal, workers: int) -> int:
-    """Keep about two units per worker in flight (bounded memory); journal each as it finishes."""
-    pending: set[Future[tuple[str, int, int]]] = set()
-    written = 0
-    queue = iter(todo)
-    exhausted = False
-    while pending or not exhausted:
-        while not exhausted and len(pending) < 2 * workers:
-            unit = next(queue, None)
-            if unit is None:
-                exhausted = True
-                break
-            pending.add(pool.submit(write.write_unit, unit))
-        if not pending:
-            break
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            key, _, nbytes = future.result()
-            journal.add(key)
-            written += nbytes
-    return written
+def _ints(values: np.ndarray) -> array[int]:
+    return array("q", values.astype(np.int64).tobytes())
 
 
-def _make_units(
-    plan: SplitPlan, shard_paths: list[str], unit_bytes: int, idx: np.ndarray, phase: str
-) -> list[write.Unit]:
+def _make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int) -> list[write.Unit]:
     # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
     drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     out = []
-    for sel in units(plan, unit_bytes, idx):
+    for sel in units(plan, unit_bytes):
         out.append(
             write.Unit(
-                key=f"{phase}:{plan.split}:{int(sel[0])}",
+                key=f"A:{plan.split}:{int(sel[0])}",
                 tar_path=plan.tar_path,
                 shard_paths=shard_paths,
                 names=[plan.names[i] for i in sel],
-                offsets=plan.offsets[sel],
-                sizes=plan.sizes[sel],
-                labels=plan.labels[sel],
-                shard_of=plan.shard_of[sel],
-                dest=plan.dest[sel],
+                offsets=_ints(plan.offsets[sel]),
+                sizes=_ints(plan.sizes[sel]),
+                labels=_ints(plan.labels[sel]),
+                shard_of=_ints(plan.shard_of[sel]),
+                dest=_ints(plan.dest[sel]),
                 specials={k: plan.specials[int(i)] for k, i in enumerate(sel) if int(i) in plan.specials},
                 drop=drop,
             )
@@ -262,93 +245,165 @@ def _make_units(
     return out
 
 
-def _todo(
-    plan: SplitPlan, shard_paths: list[str], unit_bytes: int, idx: np.ndarray, phase: str, journal: _Journal
-) -> tuple[list[write.Unit], int]:
-    """The units of `idx` not journaled yet, and how many units there are in all."""
-    every = _make_units(plan, shard_paths, unit_bytes, idx, phase)
-    return [u for u in every if u.key not in journal.done], len(every)
-
-
 def _stage_paths(version_dir: Path, plan: SplitPlan, file_format: str) -> list[str]:
     """Where the engine writes the split's TFRecord shards (ArrayRecord: converted from these at the end)."""
     return [str(version_dir / name.replace(f".{file_format}-", ".tfrecord-")) for name in plan.shard_names]
 
 
-def _open_journal(work_dir: Path, fp: str, fresh: bool = False) -> _Journal:
-    """The work folder's journal if it continues this build (same fingerprint); else a new one, on a clean slate."""
-    path = work_dir / JOURNAL
+def _open_journal(work_dir: Path, version_dir: Path, split: str, fp: str, fresh: bool = False) -> _Journal:
+    """The split's journal if it continues this build (same fingerprint); else a new one, without the split's
+    shard files (the other splits' work is theirs: each split has its own journal)."""
+    path = work_dir / f"journal-{split}.jsonl"
     first = path.read_text().split("\n", 1)[0] if path.exists() else ""
     if fresh or (path.exists() and (_json_or_none(first) or {}).get("fingerprint") != fp):
-        log.info("engine: %s holds another build's work: starting over", work_dir)
-        shutil.rmtree(work_dir / imagenet.DATASET, ignore_errors=True)
+        log.info("engine: %s holds another build's %s work: starting it over", work_dir, split)
+        for old in version_dir.glob(f"{imagenet.DATASET}-{split}.*"):
+            old.unlink()
         path.unlink()
     return _Journal(path, fp)
 
 
-def _rest_of_train(
-    train: SplitPlan,
-    stage: dict[str, list[str]],
-    version_dir: Path,
-    file_format: str,
-    unit_bytes: int,
-    later: np.ndarray,
-    moved: bool,
-    journal: _Journal,
-) -> tuple[list[write.Unit], int]:
-    """Once the re-encoded sizes are known: resize the train shards, and the units of the records not written yet.
+class _Specials:
+    """The train split's CMYK/PNG images, re-encoded as TFDS does by a helper process that loads TF's kernels while
+    the disk works. The index reads those images' bytes with their headers, the tars of their synsets first, so
+    they are converted while the rest of the train tar is indexed."""
 
-    Normally only the records at or after a re-encoded image in its shard (`later`) are left. If the new sizes
-    changed the shard count (`moved`: rare, near a shard-count threshold), every train record is written again."""
-    if not moved:
-        for path, size in zip(stage["train"], train.shard_file_sizes, strict=True):
-            write.preallocate(path, size, keep=True)
-        return _todo(train, stage["train"], unit_bytes, np.flatnonzero(later), "B", journal)
-    log.info("engine: the re-encoded images change the train shard count: writing train again")
-    fresh = not any(key.startswith("F:") for key in journal.done)
-    if fresh:
-        for path in stage["train"]:
-            if os.path.exists(path):
-                os.unlink(path)
-    stage["train"] = _stage_paths(version_dir, train, file_format)
-    for path, size in zip(stage["train"], train.shard_file_sizes, strict=True):
-        write.preallocate(path, size, keep=not fresh and os.path.exists(path))
-    return _todo(train, stage["train"], unit_bytes, np.arange(len(train), dtype=np.int64), "F", journal)
+    def __init__(self) -> None:
+        self._converter: special.Converter | None = None
+        self._submitted = 0
 
+    def start(self) -> None:
+        self._converter = self._converter or special.Converter()
 
-class _Fixing:
-    """The special images' re-encoding: a thread waits on the helper process while the writers work."""
+    def submit(self, images: dict[str, bytes]) -> None:
+        if images:
+            self.start()
+            assert self._converter is not None
+            self._converter.submit(sorted(images.items()))
+            self._submitted += 1
 
-    def __init__(self, converter: special.Converter, plan: SplitPlan, wanted: list[int]) -> None:
-        fd = os.open(plan.tar_path, os.O_RDONLY)
+    def apply(self, plan: SplitPlan) -> int:
+        """Put the re-encoded images and their record sizes into the train plan; returns how many. (Every train
+        chain reads the special images it holds, whatever its synset.) The helper is gone afterwards."""
+        names = special.special_names()
+        wanted = [i for i, name in enumerate(plan.names) if name in names]
         try:
-            items = [(plan.names[i], os.pread(fd, int(plan.sizes[i]), int(plan.offsets[i]))) for i in wanted]
+            fixed: dict[str, bytes] = {}
+            while self._submitted:
+                assert self._converter is not None
+                fixed.update(self._converter.result())
+                self._submitted -= 1
         finally:
-            os.close(fd)
-        self._plan, self._wanted = plan, wanted
-        self._result: dict[str, bytes] | BaseException = RuntimeError("the re-encoding did not finish")
-
-        def run() -> None:
-            try:
-                self._result = converter.convert(items)
-            except BaseException as exc:  # noqa: BLE001 - raised again by apply()
-                self._result = exc
-
-        self._thread = threading.Thread(target=run, name="imagenet-special", daemon=True)
-        self._thread.start()
-
-    def apply(self) -> None:
-        """Wait for the re-encoded images; put them and their record sizes into the plan."""
-        waited = time.monotonic()
-        self._thread.join()
-        log.info("engine: waited %.2f s for the re-encoded images", time.monotonic() - waited)
-        if isinstance(self._result, BaseException):
-            raise self._result
-        fixed = self._result
-        plan = self._plan
-        for i in self._wanted:
+            self.close()
+        for i in wanted:
             plan.specials[i] = fixed[plan.names[i]]
             plan.record_sizes[i] = records.record_size(plan.names[i], int(plan.labels[i]), len(plan.specials[i]))
+        return len(wanted)
+
+    def close(self) -> None:
+        if self._converter is not None:
+            self._converter.close()
+            self._converter = None
+            self._submitted = 0
+
+
+class _Index:
+    """The header reads, in the worker processes: first the train tar's inner tars of the CMYK/PNG synsets (their
+    images' bytes read too), then one task per flat tar (validation, test: a long serial walk each), then the rest
+    of the train tar, a task per worker. A split is ready when all its tasks are."""
+
+    def __init__(self, pool: ProcessPoolExecutor, tars: dict[str, Path], workers: int) -> None:
+        self.synsets: set[str] = set()
+        self._tasks: dict[Future[list[tarindex.ChainIndex]], list[tarindex.Chain]] = {}
+        self._parts: dict[str, dict[int, tarindex.ChainIndex]] = {}
+        self._count: dict[str, int] = {}
+        self._tars = tars
+        train: list[list[tarindex.Chain]] = []
+        if "train" in tars:
+            names = special.special_names()
+            label_index = imagenet.label_index()
+            special_labels = {label_index[synset] for synset in special.special_synsets()}
+            chains, self.synsets = _train_chains(str(tars["train"]))
+            chains = [dataclasses.replace(chain, fetch=names) for chain in chains]
+            first = [chain for chain in chains if chain.label in special_labels]
+            rest = [chain for chain in chains if chain.label not in special_labels]
+            train = [first] if first else []
+            train += _batches(rest, workers) if rest else []
+            self._count["train"] = sum(len(task) for task in train)
+            self._submit(pool, train[:1])
+        for split in ("validation", "test"):
+            if split in tars:
+                path = str(tars[split])
+                chain = tarindex.Chain(
+                    path, 0, os.path.getsize(path), split,
+                    label=imagenet.TEST_LABEL if split == "test" else None,
+                    keep_raw_names=split == "validation", flat=True,
+                )  # fmt: skip
+                self._count[split] = 1
+                self._submit(pool, [[chain]])
+        self._submit(pool, train[1:])
+
+    def _submit(self, pool: ProcessPoolExecutor, tasks: list[list[tarindex.Chain]]) -> None:
+        for task in tasks:
+            self._tasks[pool.submit(tarindex.index_chains, task)] = task
+
+    @property
+    def pending(self) -> set[Future[list[tarindex.ChainIndex]]]:
+        return set(self._tasks)
+
+    def take(self, future: Future[list[tarindex.ChainIndex]]) -> tuple[dict[str, bytes], SplitPlan | None]:
+        """Record a finished task: the image bytes it read, and its split's plan (in tar order) if it was the last."""
+        task = self._tasks.pop(future)
+        fetched: dict[str, bytes] = {}
+        for chain, part in zip(task, future.result(), strict=True):
+            self._parts.setdefault(chain.split, {})[chain.start] = part
+            fetched.update(part.fetched)
+        split = task[0].split
+        if len(self._parts[split]) < self._count[split]:
+            return fetched, None
+        parts = [self._parts[split][start] for start in sorted(self._parts[split])]
+        path = str(self._tars[split])
+        labels = _validation_labels(path, parts[0]) if split == "validation" else None
+        return fetched, _plan_from(split, path, parts, labels)
+
+
+class _Writes:
+    """Write units in flight (about two per worker: bounded memory), each journaled as it finishes."""
+
+    def __init__(self, pool: ProcessPoolExecutor, workers: int) -> None:
+        self._pool, self._limit = pool, 2 * workers
+        self._queue: deque[tuple[write.Unit, _Journal]] = deque()
+        self._running: dict[Future[tuple[str, int, int]], _Journal] = {}
+        self._fds: dict[str, int] = {}
+        self.written = 0
+
+    def add(self, todo: list[write.Unit], journal: _Journal) -> None:
+        self._queue.extend((unit, journal) for unit in todo)
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self._queue and len(self._running) < self._limit:
+            unit, journal = self._queue.popleft()
+            self._running[self._pool.submit(write.write_unit, unit)] = journal
+            if len(unit.offsets):  # the disk starts on the unit's first read while it waits for a worker
+                if unit.tar_path not in self._fds:
+                    self._fds[unit.tar_path] = os.open(unit.tar_path, os.O_RDONLY)
+                write.prefetch(self._fds[unit.tar_path], int(unit.offsets[0]), int(unit.offsets[-1] + unit.sizes[-1]))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    @property
+    def pending(self) -> set[Future[tuple[str, int, int]]]:
+        return set(self._running)
+
+    def take(self, future: Future[tuple[str, int, int]]) -> None:
+        key, _, nbytes = future.result()
+        self._running.pop(future).add(key)
+        self.written += nbytes
+        self._top_up()
 
 
 def build(
@@ -361,12 +416,12 @@ def build(
     work_dir: Path | None = None,
     num_shards: int | None = None,
     unit_bytes: int = UNIT_BYTES,
-    before_write: Callable[[], None] | None = None,
+    before_write: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write `<data_dir>/imagenet2012/<version>/` from the tars in `manual_dir`; returns statistics.
 
-    `num_shards` mirrors TFDS's `DownloadConfig(num_shards=...)` (tests); `before_write` is called before each
-    write pass (the benchmark evicts the tars from the page cache there).
+    `num_shards` mirrors TFDS's `DownloadConfig(num_shards=...)` (tests); `before_write(tar_path)` is called before
+    a split's records are written (the benchmark evicts that tar from the page cache there).
     """
     if file_format not in FILE_FORMATS:
         raise UserError(f"unknown file format {file_format!r}", f"pass one of {', '.join(FILE_FORMATS)}")
@@ -393,151 +448,115 @@ def _build(
     work_dir: Path,
     num_shards: int | None,
     unit_bytes: int,
-    before_write: Callable[[], None] | None,
+    before_write: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     clock = _Clock()
-    converter: special.Converter | None = None
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=procs.worker_context(), initializer=procs.worker_init)
+    specials = _Specials()
+    # workers + one per flat tar: a flat tar's serial header walk holds a process while mostly waiting on the disk
+    extra = sum(split in tars for split in ("validation", "test"))
+    pool = ProcessPoolExecutor(workers + extra, mp_context=procs.worker_context(), initializer=procs.worker_init)
+    version_dir = work_dir / imagenet.DATASET / version
+    plans: list[SplitPlan] = []
+    journals: dict[str, _Journal] = {}
+    stage: dict[str, list[str]] = {}
+    counts = {"units": 0, "todo": 0, "special": 0}
     try:
-        # 1. index: long serial chains (flat tars) first, then the train tar's inner tars in batches.
-        futures: dict[str, list[Future[list[tarindex.ChainIndex]]]] = {}
-        train_chains: list[tarindex.Chain] = []
-        for split in ("validation", "test"):
-            if split in tars:
-                path = str(tars[split])
-                chain = tarindex.Chain(
-                    path, 0, os.path.getsize(path), split,
-                    label=imagenet.TEST_LABEL if split == "test" else None,
-                    keep_raw_names=split == "validation", flat=True,
-                )  # fmt: skip
-                futures[split] = [pool.submit(tarindex.index_chains, [chain])]
-        if "train" in tars:
-            train_chains, synsets = _train_chains(str(tars["train"]))
-            if synsets & special.special_synsets():
-                converter = special.Converter()
-            batches = _batches(train_chains, 4 * workers)
-            futures["train"] = [pool.submit(tarindex.index_chains, batch) for batch in batches]
-        from imagenet_fleet.engine import metadata  # TFDS (no TensorFlow), imported while the disk works
-
-        builder = metadata.make_builder(work_dir, version, file_format)
-        from tensorflow_datasets.core.utils import shard_utils
-
-        shard_config = shard_utils.ShardConfig(num_shards=num_shards)
-        plans: list[SplitPlan] = []
-        for split in imagenet.SPLITS:
-            if split not in futures:
-                continue
-            parts = [part for f in futures[split] for part in f.result()]
-            labels = _validation_labels(str(tars[split]), parts[0]) if split == "validation" else None
-            plans.append(_plan_from(split, str(tars[split]), parts, labels))
-        clock.lap("index")
-
-        # 2. layout, with the CMYK/PNG images at their tar sizes for now: a helper re-encodes them meanwhile
-        train = next((p for p in plans if p.split == "train"), None)
-        names = special.special_names()
-        wanted = [i for i, name in enumerate(train.names) if name in names] if train else []
-        fixing: _Fixing | None = None
-        if wanted and train is not None:
-            converter = converter or special.Converter()
-            fixing = _Fixing(converter, train, wanted)
-        version_dir = work_dir / imagenet.DATASET / version
-        for plan in plans:
-            lay_out(plan, shard_config, builder._get_filename_template(split_name=plan.split))
-        later = {p.split: dependent(p, wanted if p is train else []) for p in plans}
-        if train is not None:
-            log.info("engine: %d of %d train records wait for the re-encoded images", later["train"].sum(), len(train))
-        fp = fingerprint(plans, version, file_format)
         with _locked_dir(work_dir):
-            journal = _open_journal(work_dir, fp)
-            version_dir.mkdir(parents=True, exist_ok=True)
-            stage = {p.split: _stage_paths(version_dir, p, file_format) for p in plans}
-            pending = [p for p in plans if f"shards:{p.split}" not in journal.done]
-            if journal.resumed and not all(os.path.exists(f) for p in pending for f in stage[p.split]):
-                journal.close()  # some shard files are gone: start over
-                journal = _open_journal(work_dir, fp, fresh=True)
+            # 1. index, a task per worker; meanwhile TFDS's import here, TF's kernels in the helper
+            index = _Index(pool, tars, workers)
+            if index.synsets & special.special_synsets():
+                specials.start()
+            from imagenet_fleet.engine import metadata  # TFDS (no TensorFlow), imported while the disk works
+
+            builder = metadata.make_builder(work_dir, version, file_format)
+            from tensorflow_datasets.core.utils import shard_utils
+
+            clock.mark("TFDS imported")
+
+            shard_config = shard_utils.ShardConfig(num_shards=num_shards)
+            writes = _Writes(pool, workers)
+
+            def start(plan: SplitPlan) -> None:
+                """A split's index is in: 2. its special images, 3. its layout, 4. its writes (while other splits
+                are still being indexed or written)."""
+                clock.mark(f"{plan.split} indexed")
+                if plan.split == "train":
+                    counts["special"] = specials.apply(plan)
+                lay_out(plan, shard_config, builder._get_filename_template(split_name=plan.split))
                 version_dir.mkdir(parents=True, exist_ok=True)
-                pending = list(plans)
-            for plan in pending:
-                for path, size in zip(stage[plan.split], plan.shard_file_sizes, strict=True):
+                fp = fingerprint([plan], version, file_format)
+                journal = _open_journal(work_dir, version_dir, plan.split, fp)
+                paths = _stage_paths(version_dir, plan, file_format)
+                if "shards" in journal.done:  # ArrayRecord: the final files are there
+                    paths = [str(version_dir / name) for name in plan.shard_names]
+                if journal.resumed and not all(os.path.exists(path) for path in paths):
+                    journal.close()  # some shard files are gone: start over
+                    journal = _open_journal(work_dir, version_dir, plan.split, fp, fresh=True)
+                journals[plan.split], stage[plan.split] = journal, paths
+                if "shards" in journal.done:
+                    return
+                for path, size in zip(paths, plan.shard_file_sizes, strict=True):
                     if not (journal.resumed and os.path.exists(path)):
                         write.preallocate(path, size)
-            clock.lap("layout")
+                every = _make_units(plan, paths, unit_bytes)
+                todo = [unit for unit in every if unit.key not in journal.done]
+                counts["units"] += len(every)
+                counts["todo"] += len(todo)
+                log.info("engine: %s laid out (%d records, %d shards): writing %d units of %d",
+                         plan.split, len(plan), plan.num_shards, len(todo), len(every))  # fmt: skip
+                if before_write is not None:
+                    before_write(plan.tar_path)
+                clock.mark(f"{plan.split} laid out")
+                writes.add(todo, journal)
 
-            # 3. write every record whose place does not depend on the re-encoded sizes
-            if before_write is not None:
-                before_write()
-            todo: list[write.Unit] = []
-            n_units = 0
-            for plan in pending:
-                t, n = _todo(plan, stage[plan.split], unit_bytes, np.flatnonzero(~later[plan.split]), "A", journal)
-                todo, n_units = todo + t, n_units + n
-            written = _run_units(pool, todo, journal, workers)
-            clock.lap("write")
-
-            # 4. the re-encoded images, and the records after them in their shards; meanwhile, the shards that are
-            # complete already go to disk
-            early: list[str] = []
-            if file_format == "tfrecord":
-                for plan in pending:
-                    open_shards = set(plan.shard_of[later[plan.split]].tolist())
-                    early += [path for k, path in enumerate(stage[plan.split]) if k not in open_shards]
-            syncing = [pool.submit(write.sync_files, early[i::workers]) for i in range(workers) if early[i::workers]]
-            if fixing is not None and train is not None:
-                fixing.apply()
-                before = (train.num_shards, train.shard_of.copy(), train.dest.copy())
-                lay_out(train, shard_config, builder._get_filename_template(split_name="train"))
-                keep = ~later["train"]
-                moved = before[0] != train.num_shards or not (
-                    (before[1][keep] == train.shard_of[keep]).all() and (before[2][keep] == train.dest[keep]).all()
-                )
-                if moved:
-                    _ = [f.result() for f in syncing]  # (before train's shards are replaced)
-                if any(p is train for p in pending):
-                    t, n = _rest_of_train(train, stage, version_dir, file_format, unit_bytes, later["train"], moved,
-                                          journal)  # fmt: skip
-                    todo, n_units = todo + t, n_units + n
-                    if before_write is not None and t:
-                        before_write()
-                    written += _run_units(pool, t, journal, workers)
-            if converter is not None:
-                converter.close()
-                converter = None
-            skipped = n_units - len(todo)
-            clock.lap("special")
+            while index.pending or writes.pending:
+                done, _ = wait(index.pending | writes.pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if future in index.pending:
+                        fetched, plan = index.take(future)  # type: ignore[arg-type]
+                        specials.submit(fetched)
+                        if plan is not None:
+                            plans.append(plan)
+                            start(plan)
+                    else:
+                        writes.take(future)  # type: ignore[arg-type]
+            writes.close()
+            clock.mark("written")
+            plans.sort(key=lambda p: imagenet.SPLITS.index(p.split))
+            clock.lap("index+write")
 
             # 5. finish
             final_paths: list[str] = []
             for plan in plans:
                 finals = [str(version_dir / name) for name in plan.shard_names]
-                if file_format == "array_record" and f"shards:{plan.split}" not in journal.done:
+                if file_format == "array_record" and "shards" not in journals[plan.split].done:
                     list(pool.map(arrayrecord.convert, stage[plan.split], finals))
-                    journal.add(f"shards:{plan.split}")
+                    journals[plan.split].add("shards")
                 final_paths += finals
-            synced = set(early)
-            rest = [path for path in final_paths if path not in synced]
-            syncing += [pool.submit(write.sync_files, rest[i::workers]) for i in range(workers) if rest[i::workers]]
+            syncing = [pool.submit(write.sync_files, final_paths[i::workers]) for i in range(workers)]
             _ = [f.result() for f in syncing]
             metadata.write_metadata(builder, version_dir, [(p.split, p.shard_lengths, p.total_size) for p in plans])
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(version_dir, target)
             fsync_dir(target.parent)
-            journal.close()
+            for journal in journals.values():
+                journal.close()
         shutil.rmtree(work_dir, ignore_errors=True)
         clock.lap("finish")
     finally:
-        if converter is not None:
-            converter.close()
+        specials.close()
         pool.shutdown(wait=True, cancel_futures=True)
     total = round(time.monotonic() - clock.start, 3)
     stats = {
         "seconds": total,
         "phases": clock.phases,
+        "timeline": clock.events,
         "workers": workers,
         "examples": {p.split: len(p) for p in plans},
         "shards": {p.split: p.num_shards for p in plans},
-        "bytes_written": written,
-        "units_resumed": skipped,
-        "special_images": len(wanted),
+        "bytes_written": writes.written,
+        "units_resumed": counts["units"] - counts["todo"],
+        "special_images": counts["special"],
     }
     log.info("engine: built %s in %.2f s: %s", target, total, json.dumps(stats["examples"]))
     return stats

@@ -98,15 +98,6 @@ def lay_out(plan: SplitPlan, shard_config: ShardConfig, filename_template: Any) 
     ]
 
 
-def dependent(plan: SplitPlan, changing: list[int]) -> np.ndarray:
-    """Records (tar order) whose offset moves when the records `changing` change size: in the same shard, at or after
-    the first of them in TFDS's order. The others can be written before the new sizes are known."""
-    first = np.full(max(plan.num_shards, 1), np.iinfo(np.int64).max, np.int64)
-    for i in changing:
-        first[plan.shard_of[i]] = min(first[plan.shard_of[i]], plan.rank[i])
-    return plan.rank >= first[plan.shard_of]
-
-
 def units(plan: SplitPlan, unit_bytes: int, idx: np.ndarray | None = None) -> list[np.ndarray]:
     """Cut the records `idx` (tar order; default all) into runs of about `unit_bytes` of tar: the writers' work
     units, as arrays of record indices."""

@@ -1,19 +1,23 @@
 """The 23 images TFDS re-encodes (22 CMYK JPEGs, 1 PNG), re-encoded as the builder's `_fix_image` does.
 
-Their new sizes move the records after them in their shards, so those records are written once the sizes are known
-(the others meanwhile). That needs TensorFlow, whose import and start cost seconds of CPU: a helper process
-(spawned: a fresh interpreter, whose imports do not hold this process's GIL) starts as soon as the train tar is
-known to hold any of those synsets, imports TF, warms it up on a tiny image, and converts the images when they
-arrive. It exits afterwards, so its memory is held only that long.
+Their new sizes decide where every record after them in their shards goes, so they are converted before the layout.
+That needs TensorFlow's image ops: a helper process (spawned: a fresh interpreter that holds none of this process's
+state) starts as soon as the train tar is known to hold any of those synsets, loads TF's kernels through its C API
+(`tfops`: ~0.5 s, against ~4.9 s of CPU for `import tensorflow`) and warms them up while the tars are indexed, then
+converts the images when they arrive and exits, so its memory is held only that long.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import struct
+import zlib
 from typing import Any
 
 from imagenet_fleet import imagenet
+from imagenet_fleet.engine import tfops
+from imagenet_fleet.errors import UserError
 
 
 def special_names() -> frozenset[str]:
@@ -24,42 +28,43 @@ def special_synsets() -> frozenset[str]:
     return frozenset(imagenet.synset_of(name) for name in special_names())
 
 
-def reencode(tf: Any, name: str, data: bytes) -> bytes:
-    """The imagenet2012 builder's `_fix_image` (versions >= 3.0.0, TFDS 4.9.10), without importing TFDS: its
-    `jpeg_cmyk_to_rgb` / `png_to_jpeg` are these TF ops, run eagerly (`TFGraphRunner.run` under TF 2). Importing
-    TFDS and making the builder would add most of a second of CPU to the critical path; the tests compare the
-    result with TFDS's own build, byte for byte (records) and with `_fix_image` itself."""
+def reencode(tf: tfops.Eager, name: str, data: bytes) -> bytes:
+    """The imagenet2012 builder's `_fix_image` (versions >= 3.0.0, TFDS 4.9.10): its `jpeg_cmyk_to_rgb` /
+    `png_to_jpeg` are TF ops, run here through TF's C API (`tfops`); the tests compare the result with TFDS's own
+    build, byte for byte (records) and with `_fix_image` itself."""
     facts = imagenet.builder_facts()
     if name in facts.cmyk_images:
-        image = tf.image.decode_jpeg(data).numpy()
-    elif name in facts.png_images:
-        image = tf.image.decode_png(data, channels=3).numpy()
-    else:
-        return data
-    return bytes(tf.image.encode_jpeg(image, format="rgb", quality=100).numpy())
+        return tfops.jpeg_cmyk_to_rgb(tf, data)
+    if name in facts.png_images:
+        return tfops.png_to_jpeg(tf, data)
+    return data
+
+
+def tiny_png() -> bytes:
+    """A 2x2 black RGB PNG (to warm TF's kernels up before the real images arrive)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\0" + bytes(6) for _ in range(2))
+    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def _serve(conn: multiprocessing.connection.Connection) -> None:
-    """Helper process: import TF and warm it up, then convert what arrives."""
-    import contextlib
-    import logging
-    import os
-    import sys
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    """Helper process: load TF's kernels and warm them up, then convert what arrives."""
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            import tensorflow as tf
-
-            # TF's first ops start its runtime (most of a second): run both conversions on a tiny image now
-            tiny = tf.zeros([2, 2, 3], tf.uint8)
-            facts = imagenet.builder_facts()
-            reencode(tf, min(facts.png_images), tf.io.encode_png(tiny).numpy())
-            reencode(tf, min(facts.cmyk_images), tf.io.encode_jpeg(tiny).numpy())
-            items: list[tuple[str, bytes]] = conn.recv()
-            out = [(name, reencode(tf, name, data)) for name, data in items]
-        conn.send(("ok", out))
+        tf = tfops.load()
+        tfops.png_to_jpeg(tf, tiny_png())
+        while (items := conn.recv()) is not None:
+            out = []
+            for name, data in items:
+                try:
+                    out.append((name, reencode(tf, name, data)))
+                except tfops.TFError as exc:
+                    conn.send(("bad image", f"{name}: {exc}"))
+                    return
+            conn.send(("ok", out))
     except BaseException as exc:  # noqa: BLE001 - report anything to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -76,18 +81,28 @@ class Converter:
         self._proc.start()
         child.close()
 
-    def convert(self, items: list[tuple[str, bytes]]) -> dict[str, bytes]:
-        """name -> re-encoded bytes (blocks until the helper has them)."""
+    def submit(self, items: list[tuple[str, bytes]]) -> None:
+        """Hand (name, bytes) pairs to the helper; `result()` collects them, re-encoded."""
         self._conn.send(items)
+
+    def result(self) -> dict[str, bytes]:
+        """name -> re-encoded bytes of the oldest `submit` not collected yet (blocks until the helper has them)."""
         try:
             status, payload = self._conn.recv()
         except EOFError:
+            self.close()
             raise RuntimeError("the image re-encoding helper died (out of memory?)") from None
-        finally:
-            self.close()  # (not join: TF's teardown at exit takes a second)
+        if status == "bad image":
+            self.close()
+            raise UserError(f"TensorFlow cannot re-encode {payload}", "stage the train tar again (it is damaged)")
         if status != "ok":
+            self.close()
             raise RuntimeError(f"re-encoding the CMYK/PNG images failed: {payload}")
         return dict(payload)
+
+    def convert(self, items: list[tuple[str, bytes]]) -> dict[str, bytes]:
+        self.submit(items)
+        return self.result()
 
     def close(self) -> None:
         if self._proc.is_alive():
