@@ -1,9 +1,10 @@
 """Starting worker processes safely from any caller.
 
-- Workers come from a fork server (a clean interpreter), not from the caller, which may hold TensorFlow's threads
-  (forking those deadlocks or crashes).
-- The fork server preloads only the header indexer (no NumPy): the workers start indexing ~0.3 s sooner; each then
-  imports the writers (NumPy) in the background while its index reads wait on the disk.
+- Workers are forked from the caller when that is safe (one thread, no TensorFlow loaded: the CLI's case), which
+  costs nothing; otherwise (a caller that may hold TensorFlow's threads, whose fork deadlocks or crashes: a test
+  process, say) they come from a fork server, a clean interpreter (~0.3 s more at start).
+- The fork server preloads only the header indexer; each worker imports the writers in the background while its
+  index reads wait on the disk. Neither needs NumPy or TFDS.
 - Children re-import the parent's `__main__` by path: the repo's CLIs (`scripts/*.py`) run `main()` only under an
   `if __name__ == "__main__"` guard, so that is harmless.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import multiprocessing.context
+import os
+import sys
 import threading
 
 PRELOAD = ["imagenet_fleet.engine.tarindex"]
@@ -20,6 +23,8 @@ BACKGROUND = "imagenet_fleet.engine.write"
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
+    if threading.active_count() == 1 and "tensorflow" not in sys.modules:
+        return multiprocessing.get_context("fork")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
@@ -28,3 +33,17 @@ def worker_context() -> multiprocessing.context.BaseContext:
 def worker_init() -> None:
     """Runs first in every worker."""
     threading.Thread(target=importlib.import_module, args=(BACKGROUND,), daemon=True).start()
+
+
+BACKGROUND_NICE = 10
+
+
+def lower_priority() -> None:
+    """Run the calling thread at a lower priority (Linux: a thread's own nice value). For start-up work beside the
+    header index that holds no lock the engine needs (the helper's TF load, ~0.6 s of CPU): on a small host the
+    index threads, latency-bound, would otherwise wait for a core after each read. (Not for a thread of the main
+    process: descheduled while holding the GIL, it would stall the main process instead.)"""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:
+        pass

@@ -16,7 +16,7 @@ import zlib
 from typing import Any
 
 from imagenet_fleet import imagenet
-from imagenet_fleet.engine import tfops
+from imagenet_fleet.engine import procs, tfops
 from imagenet_fleet.errors import UserError
 
 
@@ -54,6 +54,7 @@ def tiny_png() -> bytes:
 def _serve(conn: multiprocessing.connection.Connection) -> None:
     """Helper process: load TF's kernels and warm them up, then convert what arrives."""
     try:
+        procs.lower_priority()
         tf = tfops.load()
         tfops.png_to_jpeg(tf, tiny_png())
         while (items := conn.recv()) is not None:

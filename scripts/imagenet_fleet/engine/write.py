@@ -1,18 +1,21 @@
 """The writers: one sequential read of a run of the tar, each record written straight into its place.
 
-A work unit is a run of members of one tar, in tar order (consecutive, but for the records a pass leaves to the
-other: see `pipeline`). The worker reads it front to back in large reads (skipping gaps over `MAX_GAP`) and, for
-each image, sends `TFRecord head + example prefix + image + example suffix + CRC` to the record's precomputed
-offset in its (preallocated) shard file with one `pwritev` — the image bytes go from the read buffer to the page
-cache without another copy. Units are independent and idempotent: writing one again writes the same bytes at the
-same places, which is what makes a killed run resumable.
+A work unit is a run of consecutive members of one tar, in tar order. The worker reads it front to back in large
+reads (the next one prefetched while the current one is written; a gap over `MAX_GAP`, such as a huge member that
+is not an image, is skipped) and, for each image, sends `TFRecord head + example prefix + image + example suffix +
+CRC` to the record's precomputed offset in its (preallocated) shard file with one `pwritev`: the image bytes go
+from the read buffer to the page cache without another copy. Units are independent and idempotent: writing one
+again writes the same bytes at the same places, which is what makes a killed run resumable.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from imagenet_fleet.engine import records
@@ -20,7 +23,9 @@ from imagenet_fleet.engine import records
 READ_BYTES = 8 << 20  # one read covers up to this much of the tar (a larger image gets a read of its own)
 MAX_OPEN_SHARDS = 256
 BLOCK = 512
-MAX_GAP = 1 << 20  # a read spans a gap of up to this many unwanted bytes (a unit may skip records)
+ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to this
+AHEAD = 2  # reads in flight per worker
+MAX_GAP = 1 << 20  # a read spans a gap of up to this many bytes that are not images
 
 
 @dataclass
@@ -38,7 +43,11 @@ class Unit:
     shard_of: array[int]
     dest: array[int]
     specials: dict[int, bytes] = field(default_factory=dict)  # index within the unit -> image bytes
-    drop: bool = False  # evict the tar bytes once written (see `_drop`)
+    # Evict the tar's bytes from the page cache once written: they are not read again, and at scale (tars and output
+    # far larger than memory) the kernel otherwise spends most of the CPU reclaiming pages (95k-image bench: the
+    # write pass took 37 s without this, 19 s with it)
+    drop: bool = False
+    direct: bool = False  # read with O_DIRECT (a tar the index did not read: the train tar)
 
 
 class _Files:
@@ -79,64 +88,109 @@ def _write_record(out_fd: int, dest: int, name: str, label: int, image: bytes | 
     return total
 
 
-def prefetch(fd: int, start: int, end: int) -> None:
-    """Start reading [start, min(end, start + READ_BYTES)) into the page cache; returns at once."""
-    os.posix_fadvise(fd, start, min(READ_BYTES, end - start), os.POSIX_FADV_WILLNEED)
+def _spans(unit: Unit) -> list[tuple[int, int]]:
+    """The unit's reads: (first, end) record ranges, each read spanning at most READ_BYTES (or one image)."""
+    offsets, sizes, n = unit.offsets, unit.sizes, len(unit.offsets)
+    out = []
+    i = 0
+    while i < n:
+        start = offsets[i]
+        j = i + 1
+        while (
+            j < n
+            and offsets[j] + sizes[j] - start <= READ_BYTES
+            and offsets[j] - offsets[j - 1] - sizes[j - 1] <= MAX_GAP
+        ):
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
 
 
-def _drop(fd: int, offsets: array[int], sizes: array[int], i: int, j: int) -> None:
-    """Evict the tar bytes of records i..j-1 from the page cache: they are not read again, and at scale (tars and
-    output far larger than memory) the kernel otherwise spends most of the CPU reclaiming pages (95k-image bench:
-    the write pass took 37 s without this, 19 s with it). Only runs of
-    adjacent records (a header apart) are dropped, so the records a unit skips stay cached for the later pass."""
-    start, end = int(offsets[i]), int(offsets[i] + sizes[i])
-    for k in range(i + 1, j):
-        at = int(offsets[k])
-        if at - end > 2 * BLOCK:
-            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
-            start = at
-        end = at + int(sizes[k])
-    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+class _Reader:
+    """Reads a unit's spans `AHEAD` ahead, in threads (the disk works while the records of earlier spans are
+    written). The train tar is read with O_DIRECT where the filesystem allows it: straight into an aligned buffer,
+    without the page cache (whose insertion, copy and later reclaim cost most of the kernel's CPU per image: the
+    tar is read once and never again); the flat tars, whose bytes the index has just read, through the cache."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="imagenet-read")
+        self._buffers = [mmap.mmap(-1, READ_BYTES + 2 * ALIGN) for _ in range(AHEAD + 1)]
+        self._direct: dict[str, int | None] = {}
+        self._turn = 0
+
+    def _fd(self, path: str, direct: bool) -> tuple[int, bool]:
+        if direct and path not in self._direct:
+            try:
+                self._direct[path] = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:
+                self._direct[path] = None  # (tmpfs, some network filesystems)
+        fd = self._direct.get(path) if direct else None
+        return (fd, True) if fd is not None else (_inputs.get(path), False)
+
+    def read(self, path: str, start: int, end: int, direct: bool) -> Future[tuple[memoryview, int]]:
+        """[start, end) of the file, as (view, offset of the view's first byte) once read."""
+        buf = self._buffers[self._turn]  # (the span read AHEAD + 1 reads ago is written by now)
+        self._turn = (self._turn + 1) % len(self._buffers)
+        fd, is_direct = self._fd(path, direct)
+        return self._pool.submit(self._read, buf, path, fd, is_direct, start, end)
+
+    def _read(self, buf: mmap.mmap, path: str, fd: int, direct: bool, start: int, end: int) -> tuple[memoryview, int]:
+        base = start - start % ALIGN if direct else start
+        length = (end - base + ALIGN - 1) // ALIGN * ALIGN if direct else end - base
+        if length > len(buf):
+            buf = mmap.mmap(-1, length)  # (one image larger than READ_BYTES)
+        view = memoryview(buf)[:length]
+        try:
+            got = os.preadv(fd, [view], base)
+        except OSError as exc:
+            if not direct or exc.errno != errno.EINVAL:
+                raise
+            self._direct[path] = None  # O_DIRECT refused at read time: read through the cache from now on
+            view.release()
+            return self._read(buf, path, _inputs.get(path), False, start, end)
+        if got < end - base:
+            view.release()
+            raise OSError(f"{path}: short read at byte {start} ({got - (start - base)} of {end - start} bytes)")
+        return view, base
+
+
+_reader: _Reader | None = None
 
 
 def write_unit(unit: Unit) -> tuple[str, int, int]:
     """Write every record of the unit; returns (key, records, bytes written)."""
-    in_fd = _inputs.get(unit.tar_path)
-    n = len(unit.names)
+    global _reader
+    if _reader is None:
+        _reader = _Reader()
     offsets, sizes = unit.offsets, unit.sizes
-    buf = bytearray()
+    spans = _spans(unit)
     written = 0
-    i = 0
-    while i < n:
-        start = int(offsets[i])
-        j = i + 1
-        while (
-            j < n
-            and int(offsets[j] + sizes[j]) - start <= READ_BYTES
-            and int(offsets[j] - offsets[j - 1] - sizes[j - 1]) <= MAX_GAP
-        ):
-            j += 1
-        span = int(offsets[j - 1] + sizes[j - 1]) - start
-        if j < n:  # the disk reads the next span while this one's records are written
-            prefetch(in_fd, int(offsets[j]), int(offsets[n - 1] + sizes[n - 1]))
-        if len(buf) < span:
-            buf = bytearray(span)
-        view = memoryview(buf)[:span]
-        got = os.preadv(in_fd, [view], start)
-        if got != span:
-            raise OSError(f"{unit.tar_path}: short read at byte {start} ({got} of {span} bytes)")
-        for k in range(i, j):
-            rel = int(offsets[k]) - start
-            image = unit.specials.get(k)
-            if image is None:
-                image = view[rel : rel + int(sizes[k])]
-            out_fd = _outputs.get(unit.shard_paths[int(unit.shard_of[k])])
-            written += _write_record(out_fd, int(unit.dest[k]), unit.names[k], int(unit.labels[k]), image)
-        view.release()
-        if unit.drop:
-            _drop(in_fd, offsets, sizes, i, j)
-        i = j
-    return unit.key, n, written
+
+    def read(s: int) -> Future[tuple[memoryview, int]]:
+        i, j = spans[s]
+        assert _reader is not None
+        return _reader.read(unit.tar_path, offsets[i], offsets[j - 1] + sizes[j - 1], unit.direct)
+
+    ahead = deque(read(s) for s in range(min(AHEAD, len(spans))))
+    for s, (i, j) in enumerate(spans):
+        view, base = ahead.popleft().result()
+        if s + AHEAD < len(spans):
+            ahead.append(read(s + AHEAD))
+        try:
+            for k in range(i, j):
+                image = unit.specials.get(k)
+                if image is None:
+                    rel = offsets[k] - base
+                    image = view[rel : rel + sizes[k]]
+                out_fd = _outputs.get(unit.shard_paths[unit.shard_of[k]])
+                written += _write_record(out_fd, unit.dest[k], unit.names[k], unit.labels[k], image)
+        finally:
+            view.release()
+        if unit.drop and not unit.direct:  # (see `Unit.drop`)
+            os.posix_fadvise(_inputs.get(unit.tar_path), offsets[i], offsets[j - 1] + sizes[j - 1] - offsets[i],
+                             os.POSIX_FADV_DONTNEED)  # fmt: skip
+    return unit.key, len(offsets), written
 
 
 def sync_files(paths: list[str]) -> int:
