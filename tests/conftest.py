@@ -50,5 +50,5 @@ def tfds_build(sample_tars: SampleTars, tmp_path_factory: pytest.TempPathFactory
     from imagenet_fleet.prepare import prepare
 
     data_dir = tmp_path_factory.mktemp("tfds")
-    summary = prepare(sample_tars.dir, data_dir)
+    summary = prepare(sample_tars.dir, data_dir, engine="tfds")
     return TfdsBuild(data_dir, Path(summary["build_dir"]), sample_tars.dir, summary)

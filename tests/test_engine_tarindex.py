@@ -120,3 +120,17 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tarindex-sample")
     sample.make_sample(out, sample.SampleSpec(classes=3, images_per_class=4, val_images=5, test_images=2))
     return out
+
+
+@pytest.mark.parametrize("chunk", [tarindex.BLOCK, 3 * tarindex.BLOCK, 4096])
+def test_flat_walk_in_chunks_agrees_with_tarfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """A flat tar's walk reads `FLAT_CHUNK` bytes at a time: headers across chunk ends, images larger than a chunk."""
+    monkeypatch.setattr(tarindex, "FLAT_CHUNK", chunk)
+    sizes = [0, 1, 511, 512, 513, 4095, 4096, 9000, 3, 70_000, 100]
+    path = _tar(tmp_path / "flat.tar", [(f"ILSVRC2012_val_{i:08d}.JPEG", os.urandom(n)) for i, n in enumerate(sizes)])
+    chain = tarindex.Chain(str(path), 0, path.stat().st_size, "validation", flat=True)
+    fd = tarindex.open_for(chain)
+    try:
+        assert tarindex._walk_fast(fd, chain) == tarindex._walk_tarfile(fd, chain)
+    finally:
+        os.close(fd)

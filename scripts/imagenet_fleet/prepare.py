@@ -304,7 +304,7 @@ def prepare(
     data_dir: Path,
     version: str = imagenet.DEFAULT_VERSION,
     file_format: str = "tfrecord",
-    engine: str = "tfds",
+    engine: str = "parallel",
     workers: int | None = None,
     check: bool = False,
 ) -> dict[str, Any]:
@@ -359,7 +359,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--version", default=imagenet.DEFAULT_VERSION, help="dataset version (default %(default)s)")
     parser.add_argument("--file-format", default="tfrecord", choices=FILE_FORMATS)
-    parser.add_argument("--engine", default="tfds", help=f"build engine: {', '.join(sorted(ENGINES))} (default tfds)")
+    parser.add_argument(
+        "--engine",
+        default="parallel",
+        help="parallel (default: every core, the same records as TFDS's build, the same bytes on every run) or "
+        "tfds (TFDS's own builder, one process: the reference)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="worker processes, for engines that use them")
     parser.add_argument("--check", action="store_true", help="only report whether a build would happen")
     return parser.parse_args(argv)
