@@ -413,15 +413,21 @@ class _Index:
 
 
 class _Writes:
-    """Write units in flight (about two per worker: bounded memory), each journaled as it finishes."""
+    """Write units in flight (about two per worker: bounded memory), each journaled as it finishes; a callback
+    when all the units of one `add` are written."""
 
     def __init__(self, pool: ProcessPoolExecutor, workers: int) -> None:
         self._pool, self._limit = pool, 2 * workers
         self._queue: deque[tuple[write.Unit, _Journal]] = deque()
         self._running: dict[Future[tuple[str, int, int]], _Journal] = {}
+        self._left: dict[int, list[Any]] = {}  # id(journal) -> [units not written yet, callback]
         self.written = 0
 
-    def add(self, todo: list[write.Unit], journal: _Journal) -> None:
+    def add(self, todo: list[write.Unit], journal: _Journal, when_done: Callable[[], None]) -> None:
+        if not todo:
+            when_done()
+            return
+        self._left[id(journal)] = [len(todo), when_done]
         self._queue.extend((unit, journal) for unit in todo)
         self._top_up()
 
@@ -436,9 +442,14 @@ class _Writes:
 
     def take(self, future: Future[tuple[str, int, int]]) -> None:
         key, _, nbytes = future.result()
-        self._running.pop(future).add(key)
+        journal = self._running.pop(future)
+        journal.add(key)
         self.written += nbytes
         self._top_up()
+        left = self._left[id(journal)]
+        left[0] -= 1
+        if not left[0]:
+            left[1]()
 
 
 def build(
@@ -495,6 +506,8 @@ def _build(
     journals: dict[str, _Journal] = {}
     stage: dict[str, list[str]] = {}
     counts = {"units": 0, "todo": 0, "special": 0}
+    syncing: list[Future[int]] = []
+    synced: set[str] = set()
     try:
         with _locked_dir(work_dir):
             # 1. index, a task per worker; meanwhile TF's kernels load in the helper
@@ -537,7 +550,17 @@ def _build(
                 if before_write is not None:
                     before_write(plan.tar_path)
                 clock.mark(f"{plan.split} laid out")
-                writes.add(todo, journal)
+                writes.add(todo, journal, lambda: written_split(plan, paths))
+
+            def written_split(plan: SplitPlan, paths: list[str]) -> None:
+                """A split's records are all written: its TFRecord shards go to disk now, while the disk may have
+                bandwidth to spare (the train tar's index is bound by reads per second), not all at the end."""
+                clock.mark(f"{plan.split} written")
+                if file_format == "tfrecord":
+                    syncing.extend(
+                        pool.submit(write.sync_files, paths[i::workers]) for i in range(min(workers, len(paths)))
+                    )
+                    synced.update(paths)
 
             while index.pending or writes.pending:
                 done, _ = wait(index.pending | writes.pending, return_when=FIRST_COMPLETED)
@@ -562,7 +585,8 @@ def _build(
                     list(pool.map(arrayrecord.convert, stage[plan.split], finals))
                     journals[plan.split].add("shards")
                 final_paths += finals
-            syncing = [pool.submit(write.sync_files, final_paths[i::workers]) for i in range(workers)]
+            rest = [path for path in final_paths if path not in synced]
+            syncing += [pool.submit(write.sync_files, rest[i::workers]) for i in range(min(workers, len(rest)))]
             _ = [f.result() for f in syncing]
             tools.metadata.write_metadata(
                 tools.builder, version_dir, [(p.split, p.shard_lengths, p.total_size) for p in plans]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import multiprocessing.context
-import os
 import sys
 import threading
 
@@ -34,16 +33,3 @@ def worker_init() -> None:
     """Runs first in every worker."""
     threading.Thread(target=importlib.import_module, args=(BACKGROUND,), daemon=True).start()
 
-
-BACKGROUND_NICE = 10
-
-
-def lower_priority() -> None:
-    """Run the calling thread at a lower priority (Linux: a thread's own nice value). For start-up work beside the
-    header index that holds no lock the engine needs (the helper's TF load, ~0.6 s of CPU): on a small host the
-    index threads, latency-bound, would otherwise wait for a core after each read. (Not for a thread of the main
-    process: descheduled while holding the GIL, it would stall the main process instead.)"""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-    except OSError:
-        pass

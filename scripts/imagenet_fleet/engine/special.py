@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from imagenet_fleet import imagenet
-from imagenet_fleet.engine import procs, tfops
+from imagenet_fleet.engine import tfops
 from imagenet_fleet.errors import UserError
 
 
@@ -40,6 +42,13 @@ def reencode(tf: tfops.Eager, name: str, data: bytes) -> bytes:
     return data
 
 
+def _reencode_named(tf: tfops.Eager, name: str, data: bytes) -> bytes:
+    try:
+        return reencode(tf, name, data)
+    except tfops.TFError as exc:
+        raise tfops.TFError(f"{name}: {exc}") from None
+
+
 def tiny_png() -> bytes:
     """A 2x2 black RGB PNG (to warm TF's kernels up before the real images arrive)."""
 
@@ -54,18 +63,16 @@ def tiny_png() -> bytes:
 def _serve(conn: multiprocessing.connection.Connection) -> None:
     """Helper process: load TF's kernels and warm them up, then convert what arrives."""
     try:
-        procs.lower_priority()
         tf = tfops.load()
         tfops.png_to_jpeg(tf, tiny_png())
-        while (items := conn.recv()) is not None:
-            out = []
-            for name, data in items:
+        with ThreadPoolExecutor(os.cpu_count() or 1) as threads:  # (the ops run outside the GIL)
+            while (items := conn.recv()) is not None:
                 try:
-                    out.append((name, reencode(tf, name, data)))
+                    out = list(threads.map(lambda item: (item[0], _reencode_named(tf, *item)), items))
                 except tfops.TFError as exc:
-                    conn.send(("bad image", f"{name}: {exc}"))
+                    conn.send(("bad image", str(exc)))
                     return
-            conn.send(("ok", out))
+                conn.send(("ok", out))
     except BaseException as exc:  # noqa: BLE001 - report anything to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:

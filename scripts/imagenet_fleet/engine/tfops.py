@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def _sig(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> None:
 
 
 class Eager:
-    """An eager TF context on the CPU, running one op at a time."""
+    """An eager TF context on the CPU; `run` may be called from several threads."""
 
     def __init__(self) -> None:
         lib_dir = _library_dir()
@@ -84,9 +85,17 @@ class Eager:
         _sig(cc, "TFE_DeleteTensorHandle", None, _P)
         _sig(cc, "TFE_TensorHandleResolve", _P, _P, _P)
         self._fw, self._cc = fw, cc
-        self._status = fw.TF_NewStatus()
+        self._local = threading.local()
         self._ctx = cc.TFE_NewContext(cc.TFE_NewContextOptions(), self._status)
         self._check("creating an eager context")
+
+    @property
+    def _status(self) -> int:
+        """A TF_Status per thread: ops may run from several threads at once (TF's eager runtime allows it)."""
+        status = getattr(self._local, "status", None)
+        if status is None:
+            status = self._local.status = self._fw.TF_NewStatus()
+        return int(status)
 
     def _check(self, what: str) -> None:
         if self._fw.TF_GetCode(self._status):
