@@ -72,7 +72,7 @@ def ensure_sample(root: Path, name: str) -> tuple[Path, int]:
 # ---------------------------------------------------------------- one run, in a child process
 
 
-def child(engine: str, manual: Path, data: Path, workers: int | None, evict_between: bool) -> None:
+def child(engine: str, manual: Path, data: Path, workers: int | None, evict_between: bool, file_format: str) -> None:
     """Runs inside the measured process."""
     import logging
 
@@ -80,12 +80,12 @@ def child(engine: str, manual: Path, data: Path, workers: int | None, evict_betw
     if engine == "tfds":
         from imagenet_fleet.prepare import build_with_tfds
 
-        build_with_tfds(manual, data, imagenet.DEFAULT_VERSION, "tfrecord", None)
+        build_with_tfds(manual, data, imagenet.DEFAULT_VERSION, file_format, None)
     else:
         from imagenet_fleet.engine import pipeline
 
         hook = (lambda path: evict([Path(path)])) if evict_between else None
-        stats = pipeline.build(manual, data, imagenet.DEFAULT_VERSION, "tfrecord", workers, before_write=hook)
+        stats = pipeline.build(manual, data, imagenet.DEFAULT_VERSION, file_format, workers, before_write=hook)
         # Reap the fork server now (it reaped the workers): their CPU time then reaches this process's
         # RUSAGE_CHILDREN, and from there the benchmark's (a private API, for this measurement only).
         from multiprocessing import forkserver
@@ -227,7 +227,7 @@ def digests(build: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(build.iterdir())}
 
 
-def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool) -> list[dict[str, str]]:
+def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_format: str) -> list[dict[str, str]]:
     from imagenet_fleet.engine.compare import differences
 
     manual, images = ensure_sample(root, name)
@@ -244,6 +244,7 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool) -> li
         args = ["--child", engine, "--manual", str(manual), "--data", str(data)]
         args += ["--workers", str(workers)] if workers else []
         args += ["--evict-between"] if between else []
+        args += ["--file-format", file_format]
         m = measure(args, run_dir)
         label = engine + (" (tars evicted between passes)" if between else "")
         results.append((label, m))
@@ -299,8 +300,8 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool) -> li
                 "deterministic": ("yes" if deterministic else "no") if is_engine else "-",
             }  # fmt: skip
         )
-    rows.append({"set": name, "run": f"({images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = "
-                 f"{floor * 1.3:.2f} s)", **{k: "" for k in rows[0] if k not in ("set", "run")}})  # fmt: skip
+    note = f"({file_format}, {images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = {floor * 1.3:.2f} s)"
+    rows.append({"set": name, "run": note, **{k: "" for k in rows[0] if k not in ("set", "run")}})
     shutil.rmtree(runs_root, ignore_errors=True)
     return rows
 
@@ -325,20 +326,21 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=None, help="engine workers (default: all cores)")
     parser.add_argument("--skip-tfds", action="store_true", help="engine runs only")
+    parser.add_argument("--file-format", default="tfrecord", choices=["tfrecord", "array_record"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--manual", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--evict-between", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.manual, args.data, args.workers, args.evict_between)
+        child(args.child, args.manual, args.data, args.workers, args.evict_between, args.file_format)
         return
     # the engine's modules byte-compiled once, as on a host after its first run (where PYTHONDONTWRITEBYTECODE is
     # set, every run would compile them again: ~0.3 s of CPU that TFDS, installed by pip, does not pay)
     compileall.compile_dir(str(REPO / "scripts"), quiet=1)
     rows: list[dict[str, str]] = []
     for name in args.sets.split(","):
-        rows += bench_set(args.root, name, args.workers, args.skip_tfds)
+        rows += bench_set(args.root, name, args.workers, args.skip_tfds, args.file_format)
     print_table(rows)
 
 

@@ -138,19 +138,20 @@ _KILLER = textwrap.dedent(
         if count[0] == {after}:
             os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job dies at once: main and workers
     pipeline._Journal.add = add
-    pipeline.build(Path({manual!r}), Path({data!r}), {version!r}, "tfrecord", 2, work_dir=Path({work!r}),
+    pipeline.build(Path({manual!r}), Path({data!r}), {version!r}, {file_format!r}, 2, work_dir=Path({work!r}),
                 num_shards={shards}, unit_bytes={unit_bytes})
     """
 )
 
 
 def _kill_build_after(
-    manual: Path, data: Path, work: Path, *, after: int, prefix: str, shards: int, unit_bytes: int
-) -> None:
+    manual: Path, data: Path, work: Path, *, after: int, prefix: str, shards: int, unit_bytes: int,
+    file_format: str = "tfrecord",
+) -> None:  # fmt: skip
     """Run a build in a child process that SIGKILLs its whole session after `after` journaled units of `prefix`."""
     script = _KILLER.format(scripts=str(REPO / "scripts"), manual=str(manual), data=str(data), version=VERSION,
-                            work=str(work), after=after, prefix=prefix, shards=shards,
-                            unit_bytes=unit_bytes)  # fmt: skip
+                            work=str(work), after=after, prefix=prefix, shards=shards, unit_bytes=unit_bytes,
+                            file_format=file_format)  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", script], start_new_session=True, capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
 
@@ -181,6 +182,22 @@ def test_resume_after_sigkill_with_reencoded_images(
     )
     assert stats["units_resumed"] >= 2
     assert digests(data / imagenet.DATASET / VERSION) == digests(engine_4_shards)
+
+
+def test_array_record_resumes_after_sigkill_and_is_deterministic(plain_sample: Path, tmp_path: Path) -> None:
+    """ArrayRecord shards are written whole, each once, with no staging copy: after a kill mid-build the re-run
+    writes only the shards not journaled, and the result is byte-identical to an uninterrupted build."""
+    whole = tmp_path / "whole"
+    pipeline.build(plain_sample, whole, VERSION, "array_record", 2, work_dir=tmp_path / "w0", num_shards=4)
+    data, work = tmp_path / "d", tmp_path / "w"
+    _kill_build_after(plain_sample, data, work, after=2, prefix="S:train:", shards=4, unit_bytes=1 << 20,
+                      file_format="array_record")  # fmt: skip
+    assert not list((work / imagenet.DATASET / VERSION).glob("*.tfrecord*"))  # (nothing staged)
+    stats = pipeline.build(plain_sample, data, VERSION, "array_record", 2, work_dir=work, num_shards=4)
+    assert stats["units_resumed"] >= 2
+    built = data / imagenet.DATASET / VERSION
+    assert digests(built) == digests(whole / imagenet.DATASET / VERSION)
+    assert not list(built.glob("*.partial"))
 
 
 def test_changed_inputs_start_over(plain_sample: Path, special_sample: Path, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 `pipeline.build(manual_dir, data_dir, version, file_format, workers)` is the entry point; the modules: `tarindex`
 (tar headers), `records` (record bytes), `plan` (TFDS's order and shard layout), `write` (the writers), `special`
-and `tfops` (the CMYK/PNG re-encoding, with TF's kernels), `arrayrecord`, `metadata` (TFDS's metadata files),
+and `tfops` (the CMYK/PNG re-encoding, with TF's kernels), `metadata` (TFDS's metadata files),
 `procs` (the worker processes), `compare` (record-level comparison with a TFDS build, for tests and the bench).
 
 This package imports nothing itself: the worker processes import only `tarindex` and `write` (no NumPy, no TFDS).

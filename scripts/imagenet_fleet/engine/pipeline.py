@@ -40,7 +40,7 @@ import numpy as np
 
 from imagenet_fleet import imagenet
 from imagenet_fleet.atomic import fsync_dir
-from imagenet_fleet.engine import arrayrecord, procs, records, special, tarindex, write
+from imagenet_fleet.engine import procs, records, special, tarindex, write
 from imagenet_fleet.engine.plan import SplitPlan, fingerprint, lay_out, units
 from imagenet_fleet.errors import UserError
 
@@ -247,9 +247,26 @@ def _make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int) -> lis
     return out
 
 
-def _stage_paths(version_dir: Path, plan: SplitPlan, file_format: str) -> list[str]:
-    """Where the engine writes the split's TFRecord shards (ArrayRecord: converted from these at the end)."""
-    return [str(version_dir / name.replace(f".{file_format}-", ".tfrecord-")) for name in plan.shard_names]
+def _shard_jobs(plan: SplitPlan, paths: list[str]) -> list[write.ShardJob]:
+    """ArrayRecord: a job per shard, its records in TFDS's order."""
+    order = np.argsort(plan.rank, kind="stable")  # tar-order indices, in TFDS's order
+    ends = np.cumsum(plan.shard_lengths)
+    jobs = []
+    for k, path in enumerate(paths):
+        sel = order[ends[k] - plan.shard_lengths[k] : ends[k]]
+        jobs.append(
+            write.ShardJob(
+                key=f"S:{plan.split}:{k}",
+                tar_path=plan.tar_path,
+                path=path,
+                names=[plan.names[i] for i in sel],
+                offsets=_ints(plan.offsets[sel]),
+                sizes=_ints(plan.sizes[sel]),
+                labels=_ints(plan.labels[sel]),
+                specials={j: plan.specials[int(i)] for j, i in enumerate(sel) if int(i) in plan.specials},
+            )
+        )
+    return jobs
 
 
 def _open_journal(work_dir: Path, version_dir: Path, split: str, fp: str, fresh: bool = False) -> _Journal:
@@ -418,12 +435,12 @@ class _Writes:
 
     def __init__(self, pool: ProcessPoolExecutor, workers: int) -> None:
         self._pool, self._limit = pool, 2 * workers
-        self._queue: deque[tuple[write.Unit, _Journal]] = deque()
+        self._queue: deque[tuple[write.Unit | write.ShardJob, _Journal]] = deque()
         self._running: dict[Future[tuple[str, int, int]], _Journal] = {}
         self._left: dict[int, list[Any]] = {}  # id(journal) -> [units not written yet, callback]
         self.written = 0
 
-    def add(self, todo: list[write.Unit], journal: _Journal, when_done: Callable[[], None]) -> None:
+    def add(self, todo: list[write.Unit | write.ShardJob], journal: _Journal, when_done: Callable[[], None]) -> None:
         if not todo:
             when_done()
             return
@@ -434,7 +451,7 @@ class _Writes:
     def _top_up(self) -> None:
         while self._queue and len(self._running) < self._limit:
             unit, journal = self._queue.popleft()
-            self._running[self._pool.submit(write.write_unit, unit)] = journal
+            self._running[self._pool.submit(write.run, unit)] = journal
 
     @property
     def pending(self) -> set[Future[tuple[str, int, int]]]:
@@ -504,7 +521,6 @@ def _build(
     version_dir = work_dir / imagenet.DATASET / version
     plans: list[SplitPlan] = []
     journals: dict[str, _Journal] = {}
-    stage: dict[str, list[str]] = {}
     counts = {"units": 0, "todo": 0, "special": 0}
     syncing: list[Future[int]] = []
     synced: set[str] = set()
@@ -529,20 +545,23 @@ def _build(
                 version_dir.mkdir(parents=True, exist_ok=True)
                 fp = fingerprint([plan], version, file_format)
                 journal = _open_journal(work_dir, version_dir, plan.split, fp)
-                paths = _stage_paths(version_dir, plan, file_format)
-                if "shards" in journal.done:  # ArrayRecord: the final files are there
-                    paths = [str(version_dir / name) for name in plan.shard_names]
-                if journal.resumed and not all(os.path.exists(path) for path in paths):
-                    journal.close()  # some shard files are gone: start over
-                    journal = _open_journal(work_dir, version_dir, plan.split, fp, fresh=True)
-                journals[plan.split], stage[plan.split] = journal, paths
-                if "shards" in journal.done:
-                    return
-                for path, size in zip(paths, plan.shard_file_sizes, strict=True):
-                    if not (journal.resumed and os.path.exists(path)):
-                        write.preallocate(path, size)
-                every = _make_units(plan, paths, unit_bytes)
-                todo = [unit for unit in every if unit.key not in journal.done]
+                paths = [str(version_dir / name) for name in plan.shard_names]
+                every: list[write.Unit | write.ShardJob]
+                todo: list[write.Unit | write.ShardJob]
+                if file_format == "tfrecord":
+                    if journal.resumed and not all(os.path.exists(path) for path in paths):
+                        journal.close()  # some shard files are gone: start over
+                        journal = _open_journal(work_dir, version_dir, plan.split, fp, fresh=True)
+                    for path, size in zip(paths, plan.shard_file_sizes, strict=True):
+                        if not (journal.resumed and os.path.exists(path)):
+                            write.preallocate(path, size)
+                    every = list(_make_units(plan, paths, unit_bytes))
+                    todo = [unit for unit in every if unit.key not in journal.done]
+                else:  # a job writes its shard whole or not at all; one journaled but gone is written again
+                    jobs = _shard_jobs(plan, paths)
+                    every = list(jobs)
+                    todo = [j for j in jobs if j.key not in journal.done or not os.path.exists(j.path)]
+                journals[plan.split] = journal
                 counts["units"] += len(every)
                 counts["todo"] += len(todo)
                 log.info("engine: %s laid out (%d records, %d shards): writing %d units of %d",
@@ -556,7 +575,7 @@ def _build(
                 """A split's records are all written: its TFRecord shards go to disk now, while the disk may have
                 bandwidth to spare (the train tar's index is bound by reads per second), not all at the end."""
                 clock.mark(f"{plan.split} written")
-                if file_format == "tfrecord":
+                if file_format == "tfrecord":  # (an ArrayRecord shard job syncs its own file)
                     syncing.extend(
                         pool.submit(write.sync_files, paths[i::workers]) for i in range(min(workers, len(paths)))
                     )
@@ -578,13 +597,9 @@ def _build(
             clock.lap("index+write")
 
             # 5. finish
-            final_paths: list[str] = []
-            for plan in plans:
-                finals = [str(version_dir / name) for name in plan.shard_names]
-                if file_format == "array_record" and "shards" not in journals[plan.split].done:
-                    list(pool.map(arrayrecord.convert, stage[plan.split], finals))
-                    journals[plan.split].add("shards")
-                final_paths += finals
+            final_paths = [str(version_dir / name) for p in plans for name in p.shard_names]
+            if file_format == "array_record":
+                synced.update(final_paths)
             rest = [path for path in final_paths if path not in synced]
             syncing += [pool.submit(write.sync_files, rest[i::workers]) for i in range(min(workers, len(rest)))]
             _ = [f.result() for f in syncing]
