@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: TFDS's own imagenet2012 build vs the `parallel` engine, side by side, on synthetic tars.
 
-    .venv/bin/python bench/bench_prepare.py [--sets 12k,95k] [--root DIR] [--workers N]
+    .venv/bin/python bench/bench_prepare.py [--sets 12k,95k] [--file-format tfrecord|array_record] [--root DIR]
+        [--workers N]
 
 For each sample set (made once under --root, then reused): the I/O floor (read the tars once + write the output's
 bytes once), TFDS's build, the engine twice (byte-identical?), and the engine with the tars evicted from the page

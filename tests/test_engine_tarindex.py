@@ -63,14 +63,19 @@ def test_members_equal_tfds_iter_tar(tmp_path: Path, fmt: int) -> None:
     assert _ours(path) == _tfds_view(path)
 
 
+def _assert_flat_walks_agree(tar_path: Path) -> None:
+    """The fast parser (a flat tar's chunked walk) sees what Python's tarfile sees."""
+    chain = tarindex.Chain(str(tar_path), 0, tar_path.stat().st_size, "validation", flat=True)
+    fd = tarindex.open_for(chain)
+    try:
+        assert tarindex._walk_fast(fd, chain) == tarindex._walk_tarfile(fd, chain)
+    finally:
+        os.close(fd)
+
+
 def test_fast_parser_agrees_with_tarfile_on_sample_tars(sample_dir: Path) -> None:
     for tar_path in sorted(sample_dir.glob("*.tar")):
-        chain = tarindex.Chain(str(tar_path), 0, tar_path.stat().st_size, "validation", flat=True)
-        fd = tarindex.open_for(chain)
-        try:
-            assert tarindex._walk_fast(fd, chain) == tarindex._walk_tarfile(fd, chain)
-        finally:
-            os.close(fd)
+        _assert_flat_walks_agree(tar_path)
 
 
 def test_inner_tars_are_indexed_in_place(sample_dir: Path) -> None:
@@ -127,10 +132,6 @@ def test_flat_walk_in_chunks_agrees_with_tarfile(tmp_path: Path, monkeypatch: py
     """A flat tar's walk reads `FLAT_CHUNK` bytes at a time: headers across chunk ends, images larger than a chunk."""
     monkeypatch.setattr(tarindex, "FLAT_CHUNK", chunk)
     sizes = [0, 1, 511, 512, 513, 4095, 4096, 9000, 3, 70_000, 100]
-    path = _tar(tmp_path / "flat.tar", [(f"ILSVRC2012_val_{i:08d}.JPEG", os.urandom(n)) for i, n in enumerate(sizes)])
-    chain = tarindex.Chain(str(path), 0, path.stat().st_size, "validation", flat=True)
-    fd = tarindex.open_for(chain)
-    try:
-        assert tarindex._walk_fast(fd, chain) == tarindex._walk_tarfile(fd, chain)
-    finally:
-        os.close(fd)
+    _assert_flat_walks_agree(
+        _tar(tmp_path / "flat.tar", [(f"ILSVRC2012_val_{i:08d}.JPEG", os.urandom(n)) for i, n in enumerate(sizes)])
+    )

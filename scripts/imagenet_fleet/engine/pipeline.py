@@ -223,6 +223,17 @@ def _ints(values: np.ndarray) -> array[int]:
     return array("q", values.astype(np.int64).tobytes())
 
 
+def _records(plan: SplitPlan, sel: np.ndarray) -> dict[str, Any]:
+    """The records `sel` (indices in tar order) as a worker gets them: plain arrays, the special images' bytes."""
+    return {
+        "names": [plan.names[i] for i in sel],
+        "offsets": _ints(plan.offsets[sel]),
+        "sizes": _ints(plan.sizes[sel]),
+        "labels": _ints(plan.labels[sel]),
+        "specials": {k: plan.specials[int(i)] for k, i in enumerate(sel) if int(i) in plan.specials},
+    }
+
+
 def _make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int) -> list[write.Unit]:
     # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
     drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
@@ -233,15 +244,11 @@ def _make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int) -> lis
                 key=f"A:{plan.split}:{int(sel[0])}",
                 tar_path=plan.tar_path,
                 shard_paths=shard_paths,
-                names=[plan.names[i] for i in sel],
-                offsets=_ints(plan.offsets[sel]),
-                sizes=_ints(plan.sizes[sel]),
-                labels=_ints(plan.labels[sel]),
                 shard_of=_ints(plan.shard_of[sel]),
                 dest=_ints(plan.dest[sel]),
-                specials={k: plan.specials[int(i)] for k, i in enumerate(sel) if int(i) in plan.specials},
                 drop=drop,
                 direct=plan.split == "train",
+                **_records(plan, sel),
             )
         )
     return out
@@ -254,18 +261,7 @@ def _shard_jobs(plan: SplitPlan, paths: list[str]) -> list[write.ShardJob]:
     jobs = []
     for k, path in enumerate(paths):
         sel = order[ends[k] - plan.shard_lengths[k] : ends[k]]
-        jobs.append(
-            write.ShardJob(
-                key=f"S:{plan.split}:{k}",
-                tar_path=plan.tar_path,
-                path=path,
-                names=[plan.names[i] for i in sel],
-                offsets=_ints(plan.offsets[sel]),
-                sizes=_ints(plan.sizes[sel]),
-                labels=_ints(plan.labels[sel]),
-                specials={j: plan.specials[int(i)] for j, i in enumerate(sel) if int(i) in plan.specials},
-            )
-        )
+        jobs.append(write.ShardJob(key=f"S:{plan.split}:{k}", tar_path=plan.tar_path, path=path, **_records(plan, sel)))
     return jobs
 
 
