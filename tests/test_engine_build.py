@@ -129,15 +129,15 @@ _KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     sys.path.insert(0, {scripts!r})
-    from imagenet_fleet.engine import pipeline
-    real_add = pipeline._Journal.add
+    from imagenet_fleet.engine import journal, pipeline
+    real_add = journal.Journal.add
     count = [0]
     def add(self, key):
         real_add(self, key)
         count[0] += key.startswith({prefix!r})
         if count[0] == {after}:
             os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole job dies at once: main and workers
-    pipeline._Journal.add = add
+    journal.Journal.add = add
     pipeline.build(Path({manual!r}), Path({data!r}), {version!r}, {file_format!r}, 2, work_dir=Path({work!r}),
                 num_shards={shards}, unit_bytes={unit_bytes})
     """

@@ -21,18 +21,14 @@ timing, or which units were resumed).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import os
 import shutil
 import threading
 import time
-from array import array
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +36,8 @@ import numpy as np
 
 from imagenet_fleet import imagenet
 from imagenet_fleet.atomic import fsync_dir
-from imagenet_fleet.engine import procs, records, special, tarindex, write
-from imagenet_fleet.engine.plan import SplitPlan, fingerprint, lay_out, units
+from imagenet_fleet.engine import journal, procs, records, schedule, special, tarindex, write
+from imagenet_fleet.engine.plan import SplitPlan, fingerprint, lay_out
 from imagenet_fleet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -167,115 +163,7 @@ def _validation_labels(path: str, index: tarindex.ChainIndex) -> list[int]:
     return out
 
 
-# ---------------------------------------------------------------- journal
-
-
-class _Journal:
-    """Finished units, one JSON line each, after a header line with the plan's fingerprint."""
-
-    def __init__(self, path: Path, fp: str) -> None:
-        self.done: set[str] = set()
-        self.resumed = False
-        lines = path.read_text().splitlines() if path.exists() else []
-        if lines and _json_or_none(lines[0]) == {"fingerprint": fp}:
-            for line in lines[1:]:
-                entry = _json_or_none(line)
-                if entry and "done" in entry:
-                    self.done.add(entry["done"])
-            self.resumed = True
-            self._f = path.open("a")
-        else:
-            self._f = path.open("w")
-            self._f.write(json.dumps({"fingerprint": fp}) + "\n")
-            self._f.flush()
-
-    def add(self, key: str) -> None:
-        self._f.write(json.dumps({"done": key}) + "\n")
-        self._f.flush()  # in the page cache: survives SIGKILL of this process
-        self.done.add(key)
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _json_or_none(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
-
-
-@contextmanager
-def _locked_dir(path: Path) -> Iterator[None]:
-    path.mkdir(parents=True, exist_ok=True)
-    with (path / ".lock").open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another engine run is using {path}", "wait for it to finish") from None
-        yield
-
-
 # ---------------------------------------------------------------- the engine
-
-
-def _ints(values: np.ndarray) -> array[int]:
-    return array("q", values.astype(np.int64).tobytes())
-
-
-def _records(plan: SplitPlan, sel: np.ndarray) -> dict[str, Any]:
-    """The records `sel` (indices in tar order) as a worker gets them: plain arrays, the special images' bytes."""
-    return {
-        "names": [plan.names[i] for i in sel],
-        "offsets": _ints(plan.offsets[sel]),
-        "sizes": _ints(plan.sizes[sel]),
-        "labels": _ints(plan.labels[sel]),
-        "specials": {k: plan.specials[int(i)] for k, i in enumerate(sel) if int(i) in plan.specials},
-    }
-
-
-def _make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int) -> list[write.Unit]:
-    # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
-    drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    out = []
-    for sel in units(plan, unit_bytes):
-        out.append(
-            write.Unit(
-                key=f"A:{plan.split}:{int(sel[0])}",
-                tar_path=plan.tar_path,
-                shard_paths=shard_paths,
-                shard_of=_ints(plan.shard_of[sel]),
-                dest=_ints(plan.dest[sel]),
-                drop=drop,
-                direct=plan.split == "train",
-                **_records(plan, sel),
-            )
-        )
-    return out
-
-
-def _shard_jobs(plan: SplitPlan, paths: list[str]) -> list[write.ShardJob]:
-    """ArrayRecord: a job per shard, its records in TFDS's order."""
-    order = np.argsort(plan.rank, kind="stable")  # tar-order indices, in TFDS's order
-    ends = np.cumsum(plan.shard_lengths)
-    jobs = []
-    for k, path in enumerate(paths):
-        sel = order[ends[k] - plan.shard_lengths[k] : ends[k]]
-        jobs.append(write.ShardJob(key=f"S:{plan.split}:{k}", tar_path=plan.tar_path, path=path, **_records(plan, sel)))
-    return jobs
-
-
-def _open_journal(work_dir: Path, version_dir: Path, split: str, fp: str, fresh: bool = False) -> _Journal:
-    """The split's journal if it continues this build (same fingerprint); else a new one, without the split's
-    shard files (the other splits' work is theirs: each split has its own journal)."""
-    path = work_dir / f"journal-{split}.jsonl"
-    first = path.read_text().split("\n", 1)[0] if path.exists() else ""
-    if fresh or (path.exists() and (_json_or_none(first) or {}).get("fingerprint") != fp):
-        log.info("engine: %s holds another build's %s work: starting it over", work_dir, split)
-        for old in version_dir.glob(f"{imagenet.DATASET}-{split}.*"):
-            old.unlink()
-        path.unlink()
-    return _Journal(path, fp)
 
 
 class _Specials:
@@ -425,46 +313,6 @@ class _Index:
         return fetched, _plan_from(split, path, parts, labels)
 
 
-class _Writes:
-    """Write units in flight (about two per worker: bounded memory), each journaled as it finishes; a callback
-    when all the units of one `add` are written."""
-
-    def __init__(self, pool: ProcessPoolExecutor, workers: int) -> None:
-        self._pool, self._limit = pool, 2 * workers
-        self._queue: deque[tuple[write.Unit | write.ShardJob, _Journal]] = deque()
-        self._running: dict[Future[tuple[str, int, int]], _Journal] = {}
-        self._left: dict[int, list[Any]] = {}  # id(journal) -> [units not written yet, callback]
-        self.written = 0
-
-    def add(self, todo: list[write.Unit | write.ShardJob], journal: _Journal, when_done: Callable[[], None]) -> None:
-        if not todo:
-            when_done()
-            return
-        self._left[id(journal)] = [len(todo), when_done]
-        self._queue.extend((unit, journal) for unit in todo)
-        self._top_up()
-
-    def _top_up(self) -> None:
-        while self._queue and len(self._running) < self._limit:
-            unit, journal = self._queue.popleft()
-            self._running[self._pool.submit(write.run, unit)] = journal
-
-    @property
-    def pending(self) -> set[Future[tuple[str, int, int]]]:
-        return set(self._running)
-
-    def take(self, future: Future[tuple[str, int, int]]) -> None:
-        key, _, nbytes = future.result()
-        journal = self._running.pop(future)
-        journal.add(key)
-        self.written += nbytes
-        self._top_up()
-        left = self._left[id(journal)]
-        left[0] -= 1
-        if not left[0]:
-            left[1]()
-
-
 def build(
     manual_dir: Path,
     data_dir: Path,
@@ -492,140 +340,146 @@ def build(
     if target.exists():
         raise UserError(f"{target} already exists", "remove it, or build into another data dir")
     work_dir = work_dir or default_work_dir(data_dir, version, file_format)
-    return _build(manual_dir, tars, target, data_dir, version, file_format, workers, work_dir, num_shards,
-                  unit_bytes, before_write)  # fmt: skip
+    return _Build(tars, target, version, file_format, workers, work_dir, num_shards, unit_bytes, before_write).run()
 
 
-def _build(
-    manual_dir: Path,
-    tars: dict[str, Path],
-    target: Path,
-    data_dir: Path,
-    version: str,
-    file_format: str,
-    workers: int,
-    work_dir: Path,
-    num_shards: int | None,
-    unit_bytes: int,
-    before_write: Callable[[str], None] | None,
-) -> dict[str, Any]:
-    clock = _Clock()
-    specials = _Specials()
-    # workers + one per flat tar: a flat tar's serial header walk holds a process while mostly waiting on the disk
-    extra = sum(split in tars for split in ("validation", "test"))
-    pool = ProcessPoolExecutor(workers + extra, mp_context=procs.worker_context(), initializer=procs.worker_init)
-    version_dir = work_dir / imagenet.DATASET / version
-    plans: list[SplitPlan] = []
-    journals: dict[str, _Journal] = {}
-    counts = {"units": 0, "todo": 0, "special": 0}
-    syncing: list[Future[int]] = []
-    synced: set[str] = set()
-    try:
-        with _locked_dir(work_dir):
-            # 1. index, a task per worker; meanwhile TF's kernels load in the helper
-            index = _Index(pool, tars, workers)
-            if index.synsets & special.special_synsets():
-                specials.start()
-            # TFDS (no TensorFlow) imported in a thread while the disk works and this thread hands the special
-            # images' bytes to the helper as they come
-            tools = _LayoutTools(work_dir, version, file_format, num_shards, clock)
-            writes = _Writes(pool, workers)
+class _Build:
+    """One run of the engine: the steps of the module docstring, each split on its own as soon as it is indexed."""
 
-            def start(plan: SplitPlan) -> None:
-                """A split's index is in: 2. its special images, 3. its layout, 4. its writes (while other splits
-                are still being indexed or written)."""
-                clock.mark(f"{plan.split} indexed")
-                if plan.split == "train":
-                    counts["special"] = specials.apply(plan)
-                lay_out(plan, tools.shard_config, tools.builder._get_filename_template(split_name=plan.split))
-                version_dir.mkdir(parents=True, exist_ok=True)
-                fp = fingerprint([plan], version, file_format)
-                journal = _open_journal(work_dir, version_dir, plan.split, fp)
-                paths = [str(version_dir / name) for name in plan.shard_names]
-                every: list[write.Unit | write.ShardJob]
-                todo: list[write.Unit | write.ShardJob]
-                if file_format == "tfrecord":
-                    if journal.resumed and not all(os.path.exists(path) for path in paths):
-                        journal.close()  # some shard files are gone: start over
-                        journal = _open_journal(work_dir, version_dir, plan.split, fp, fresh=True)
-                    for path, size in zip(paths, plan.shard_file_sizes, strict=True):
-                        if not (journal.resumed and os.path.exists(path)):
-                            write.preallocate(path, size)
-                    every = list(_make_units(plan, paths, unit_bytes))
-                    todo = [unit for unit in every if unit.key not in journal.done]
-                else:  # a job writes its shard whole or not at all; one journaled but gone is written again
-                    jobs = _shard_jobs(plan, paths)
-                    every = list(jobs)
-                    todo = [j for j in jobs if j.key not in journal.done or not os.path.exists(j.path)]
-                journals[plan.split] = journal
-                counts["units"] += len(every)
-                counts["todo"] += len(todo)
-                log.info("engine: %s laid out (%d records, %d shards): writing %d units of %d",
-                         plan.split, len(plan), plan.num_shards, len(todo), len(every))  # fmt: skip
-                if before_write is not None:
-                    before_write(plan.tar_path)
-                clock.mark(f"{plan.split} laid out")
-                writes.add(todo, journal, lambda: written_split(plan, paths))
+    def __init__(self, tars: dict[str, Path], target: Path, version: str, file_format: str, workers: int,
+                 work_dir: Path, num_shards: int | None, unit_bytes: int,
+                 before_write: Callable[[str], None] | None) -> None:  # fmt: skip
+        self.tars, self.target, self.version, self.file_format = tars, target, version, file_format
+        self.workers, self.work_dir, self.unit_bytes, self.before_write = workers, work_dir, unit_bytes, before_write
+        self.num_shards = num_shards
+        self.version_dir = work_dir / imagenet.DATASET / version
+        self.clock = _Clock()
+        self.specials = _Specials()
+        self.plans: list[SplitPlan] = []
+        self.journals: dict[str, journal.Journal] = {}
+        self.counts = {"units": 0, "todo": 0, "special": 0}
+        self.syncing: list[Future[int]] = []
+        self.synced: set[str] = set()
+        self.written = 0
 
-            def written_split(plan: SplitPlan, paths: list[str]) -> None:
-                """A split's records are all written: its TFRecord shards go to disk now, while the disk may have
-                bandwidth to spare (the train tar's index is bound by reads per second), not all at the end."""
-                clock.mark(f"{plan.split} written")
-                if file_format == "tfrecord":  # (an ArrayRecord shard job syncs its own file)
-                    syncing.extend(
-                        pool.submit(write.sync_files, paths[i::workers]) for i in range(min(workers, len(paths)))
-                    )
-                    synced.update(paths)
+    def run(self) -> dict[str, Any]:
+        # workers + one per flat tar: a flat tar's serial header walk holds a process while mostly waiting on the disk
+        extra = sum(split in self.tars for split in ("validation", "test"))
+        context = procs.worker_context()
+        self.pool = ProcessPoolExecutor(self.workers + extra, mp_context=context, initializer=procs.worker_init)
+        try:
+            with journal.locked_dir(self.work_dir):
+                self._index_and_write()
+                self._finish()
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.clock.lap("finish")
+        finally:
+            self.specials.close()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return self._stats()
 
-            while index.pending or writes.pending:
-                done, _ = wait(index.pending | writes.pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    if future in index.pending:
-                        fetched, plan = index.take(future)  # type: ignore[arg-type]
-                        specials.submit(fetched)
-                        if plan is not None:
-                            plans.append(plan)
-                            start(plan)
-                    else:
-                        writes.take(future)  # type: ignore[arg-type]
-            clock.mark("written")
-            plans.sort(key=lambda p: imagenet.SPLITS.index(p.split))
-            clock.lap("index+write")
+    def _index_and_write(self) -> None:
+        # 1. index, a task per worker; meanwhile TF's kernels load in the helper, and TFDS (no TensorFlow) in a
+        # thread, while this thread hands each split to the writers as soon as its index is in
+        index = _Index(self.pool, self.tars, self.workers)
+        if index.synsets & special.special_synsets():
+            self.specials.start()
+        self.tools = _LayoutTools(self.work_dir, self.version, self.file_format, self.num_shards, self.clock)
+        self.writes = schedule.Writes(self.pool, self.workers)
+        while index.pending or self.writes.pending:
+            done, _ = wait(index.pending | self.writes.pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future in index.pending:
+                    fetched, plan = index.take(future)  # type: ignore[arg-type]
+                    self.specials.submit(fetched)
+                    if plan is not None:
+                        self.plans.append(plan)
+                        self._start(plan)
+                else:
+                    self.writes.take(future)  # type: ignore[arg-type]
+        self.clock.mark("written")
+        self.plans.sort(key=lambda p: imagenet.SPLITS.index(p.split))
+        self.clock.lap("index+write")
 
-            # 5. finish
-            final_paths = [str(version_dir / name) for p in plans for name in p.shard_names]
-            if file_format == "array_record":
-                synced.update(final_paths)
-            rest = [path for path in final_paths if path not in synced]
-            syncing += [pool.submit(write.sync_files, rest[i::workers]) for i in range(min(workers, len(rest)))]
-            _ = [f.result() for f in syncing]
-            tools.metadata.write_metadata(
-                tools.builder, version_dir, [(p.split, p.shard_lengths, p.total_size) for p in plans]
-            )
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(version_dir, target)
-            fsync_dir(target.parent)
-            for journal in journals.values():
-                journal.close()
-        shutil.rmtree(work_dir, ignore_errors=True)
-        clock.lap("finish")
-    finally:
-        specials.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-    total = round(time.monotonic() - clock.start, 3)
-    stats = {
-        "seconds": total,
-        "phases": clock.phases,
-        "timeline": clock.events,
-        "workers": workers,
-        "examples": {p.split: len(p) for p in plans},
-        "shards": {p.split: p.num_shards for p in plans},
-        "bytes_written": writes.written,
-        "units_resumed": counts["units"] - counts["todo"],
-        "special_images": counts["special"],
-    }
-    log.info("engine: built %s in %.2f s: %s", target, total, json.dumps(stats["examples"]))
-    return stats
+    def _start(self, plan: SplitPlan) -> None:
+        """A split's index is in: 2. its special images, 3. its layout, 4. its writes."""
+        self.clock.mark(f"{plan.split} indexed")
+        if plan.split == "train":
+            self.counts["special"] = self.specials.apply(plan)
+        lay_out(plan, self.tools.shard_config, self.tools.builder._get_filename_template(split_name=plan.split))
+        self.version_dir.mkdir(parents=True, exist_ok=True)
+        paths = [str(self.version_dir / name) for name in plan.shard_names]
+        every, todo, split_journal = self._work(plan, paths)
+        self.journals[plan.split] = split_journal
+        self.counts["units"] += len(every)
+        self.counts["todo"] += len(todo)
+        log.info("engine: %s laid out (%d records, %d shards): writing %d units of %d",
+                 plan.split, len(plan), plan.num_shards, len(todo), len(every))  # fmt: skip
+        if self.before_write is not None:
+            self.before_write(plan.tar_path)
+        self.clock.mark(f"{plan.split} laid out")
+        self.writes.add(todo, split_journal, lambda: self._written(plan, paths))
+
+    def _work(
+        self, plan: SplitPlan, paths: list[str]
+    ) -> tuple[list[write.Unit | write.ShardJob], list[write.Unit | write.ShardJob], journal.Journal]:
+        """The split's work (all of it, and what is left of it) and its journal; TFRecord shards preallocated."""
+        fp = fingerprint([plan], self.version, self.file_format)
+        split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp)
+        if self.file_format == "array_record":  # a job writes its shard whole or not at all
+            jobs = schedule.shard_jobs(plan, paths)
+            todo = [job for job in jobs if job.key not in split_journal.done or not os.path.exists(job.path)]
+            return list(jobs), list(todo), split_journal
+        if split_journal.resumed and not all(os.path.exists(path) for path in paths):
+            split_journal.close()  # some shard files are gone: start over
+            split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp, fresh=True)
+        for path, size in zip(paths, plan.shard_file_sizes, strict=True):
+            if not (split_journal.resumed and os.path.exists(path)):
+                write.preallocate(path, size)
+        units = schedule.make_units(plan, paths, self.unit_bytes)
+        return list(units), [unit for unit in units if unit.key not in split_journal.done], split_journal
+
+    def _written(self, plan: SplitPlan, paths: list[str]) -> None:
+        """A split's records are all written: its TFRecord shards go to disk now, while the disk may have bandwidth
+        to spare (the train tar's index is bound by reads per second), not all at the end. (An ArrayRecord shard
+        job syncs its own file.)"""
+        self.clock.mark(f"{plan.split} written")
+        if self.file_format == "tfrecord":
+            self._sync(paths)
+        self.synced.update(paths)
+
+    def _sync(self, paths: list[str]) -> None:
+        n = min(self.workers, len(paths))
+        self.syncing += [self.pool.submit(write.sync_files, paths[i::n]) for i in range(n)]
+
+    def _finish(self) -> None:
+        """5. Every shard on disk, TFDS's metadata, and the build renamed into place."""
+        paths = [str(self.version_dir / name) for plan in self.plans for name in plan.shard_names]
+        self._sync([path for path in paths if path not in self.synced])
+        _ = [f.result() for f in self.syncing]
+        splits = [(p.split, p.shard_lengths, p.total_size) for p in self.plans]
+        self.tools.metadata.write_metadata(self.tools.builder, self.version_dir, splits)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.version_dir, self.target)
+        fsync_dir(self.target.parent)
+        for split_journal in self.journals.values():
+            split_journal.close()
+
+    def _stats(self) -> dict[str, Any]:
+        total = round(time.monotonic() - self.clock.start, 3)
+        stats = {
+            "seconds": total,
+            "phases": self.clock.phases,
+            "timeline": self.clock.events,
+            "workers": self.workers,
+            "examples": {p.split: len(p) for p in self.plans},
+            "shards": {p.split: p.num_shards for p in self.plans},
+            "bytes_written": self.writes.written,
+            "units_resumed": self.counts["units"] - self.counts["todo"],
+            "special_images": self.counts["special"],
+        }
+        log.info("engine: built %s in %.2f s: %s", self.target, total, json.dumps(stats["examples"]))
+        return stats
 
 
 def build_engine(manual_dir: Path, data_dir: Path, version: str, file_format: str, workers: int | None) -> None:

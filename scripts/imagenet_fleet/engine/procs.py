@@ -32,4 +32,3 @@ def worker_context() -> multiprocessing.context.BaseContext:
 def worker_init() -> None:
     """Runs first in every worker."""
     threading.Thread(target=importlib.import_module, args=(BACKGROUND,), daemon=True).start()
-
