@@ -1,11 +1,14 @@
-"""The writers: one sequential read of a run of the tar, each record written straight into its place.
+"""The writers, in the worker processes.
 
-A work unit is a run of consecutive members of one tar, in tar order. The worker reads it front to back in large
-reads (the next one prefetched while the current one is written; a gap over `MAX_GAP`, such as a huge member that
-is not an image, is skipped) and, for each image, sends `TFRecord head + example prefix + image + example suffix +
-CRC` to the record's precomputed offset in its (preallocated) shard file with one `pwritev`: the image bytes go
-from the read buffer to the page cache without another copy. Units are independent and idempotent: writing one
-again writes the same bytes at the same places, which is what makes a killed run resumable.
+TFRecord: a work unit is a run of consecutive members of one tar, in tar order. The worker reads it front to back
+in large reads (`AHEAD` of them in flight in a reader thread; the train tar with O_DIRECT; a gap over `MAX_GAP`,
+such as a huge member that is not an image, skipped) and, for each image, sends `TFRecord head + example prefix +
+image + example suffix + CRC` to the record's precomputed offset in its (preallocated) shard file with one
+`pwritev`: the image bytes go from the read buffer to the page cache without another copy. Units are independent
+and idempotent: writing one again writes the same bytes at the same places, which is what makes a killed run
+resumable.
+
+ArrayRecord: a shard job writes one shard front to back with TFDS's own writer (`write_array_record_shard`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class Unit:
     """What a worker needs to write one run of records (arrays in tar order: plain `array`s, so that the workers
     never import NumPy, ~0.3 s of CPU each at start)."""
 
-    key: str  # "<split>:<first index>", the journal's name for it
+    key: str  # "A:<split>:<first index>", the journal's name for it
     tar_path: str
     shard_paths: list[str]
     names: list[str]
