@@ -2,25 +2,25 @@
 
 Each split goes through these steps on its own, as soon as its tar's headers are read (the train split's serial
 walks and the flat validation/test tars' are indexed concurrently, and one split's writes overlap another's index):
-1. index   — header reads only, in the worker processes (no image byte is read); meanwhile the main process imports
-             TFDS (no TensorFlow) and, if the train tar has the CMYK/PNG synsets, a helper loads TF's image kernels;
+1. index   — in the worker processes: the train tar's headers only (of its image bytes, only the 23 CMYK/PNG
+             images'), the flat tars streamed in chunks (`tarindex.open_for`); meanwhile a thread imports TFDS (no
+             TensorFlow) and, if the train tar has the CMYK/PNG synsets, a helper loads TF's image kernels;
 2. special — (train) the 23 CMYK/PNG images are read and re-encoded by the helper, warm by then: their new sizes
              are known before anything is laid out;
 3. layout  — TFDS's order, shard count, boundaries and names; every record's offset; shard files preallocated;
-4. write   — one sequential pass over the tar in work units (every image byte read once, in tar order), each
-             record `pwritev`'d into its place;
-then, for all splits: (ArrayRecord: convert), fdatasync, TFDS metadata, rename into
-`<data_dir>/imagenet2012/<version>`.
+4. write   — TFRecord: one sequential pass over the tar in work units (every image byte read once, in tar order),
+             each record `pwritev`'d into its place; ArrayRecord (records compressed, so offsets unknown): a job
+             per shard, written front to back by TFDS's writer, its images read from the tar in the shard's order;
+then, for all splits: fdatasync, TFDS metadata, rename into `<data_dir>/imagenet2012/<version>`.
 
 Resume: the work happens in a stable folder beside `data_dir` (`work_dir`), with a journal per split of its finished
-units (`A:<split>:<first record>`), headed by the split's fingerprint. A re-run with the same inputs skips the
-journaled units; a split whose inputs changed starts over. Output bytes depend only on the tars (not on `workers`,
-timing, or which units were resumed).
+units (`A:<split>:<first record>`, or `S:<split>:<shard>` for ArrayRecord), headed by the split's fingerprint. A
+re-run with the same inputs skips the journaled units; a split whose inputs changed starts over. Output bytes depend
+only on the tars (not on `workers`, timing, or which units were resumed).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -84,8 +84,9 @@ def _batches(chains: list[tarindex.Chain], count: int) -> list[list[tarindex.Cha
     return out
 
 
-def _train_chains(path: str) -> tuple[list[tarindex.Chain], set[str]]:
-    """The outer train tar's members (read here: one header per synset) as chains over the inner tars."""
+def _train_chains(path: str, fetch: frozenset[str]) -> tuple[list[tarindex.Chain], set[str]]:
+    """The outer train tar's members (read here: one header per synset) as chains over the inner tars, each to read
+    the bytes of its images named in `fetch` too."""
     label_index = imagenet.label_index()
     size = os.path.getsize(path)
     outer = tarindex.Chain(path, 0, size, "train")
@@ -107,7 +108,7 @@ def _train_chains(path: str) -> tuple[list[tarindex.Chain], set[str]]:
                 "use the original ILSVRC2012 train tar",
             )
         synsets.add(synset)
-        chains.append(tarindex.Chain(path, offset, offset + length, "train", label=label_index[synset]))
+        chains.append(tarindex.Chain(path, offset, offset + length, "train", label=label_index[synset], fetch=fetch))
     return chains, synsets
 
 
@@ -269,8 +270,7 @@ class _Index:
             names = special.special_names()
             label_index = imagenet.label_index()
             special_labels = {label_index[synset] for synset in special.special_synsets()}
-            chains, self.synsets = _train_chains(str(tars["train"]))
-            chains = [dataclasses.replace(chain, fetch=names) for chain in chains]
+            chains, self.synsets = _train_chains(str(tars["train"]), fetch=names)
             first = [chain for chain in chains if chain.label in special_labels]
             rest = [chain for chain in chains if chain.label not in special_labels]
             train = [first] if first else []
@@ -421,7 +421,7 @@ class _Build:
         self, plan: SplitPlan, paths: list[str]
     ) -> tuple[list[write.Unit | write.ShardJob], list[write.Unit | write.ShardJob], journal.Journal]:
         """The split's work (all of it, and what is left of it) and its journal; TFRecord shards preallocated."""
-        fp = fingerprint([plan], self.version, self.file_format)
+        fp = fingerprint(plan, self.version, self.file_format)
         split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp)
         if self.file_format == "array_record":  # a job writes its shard whole or not at all
             jobs = schedule.shard_jobs(plan, paths)

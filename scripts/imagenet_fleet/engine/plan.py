@@ -98,30 +98,28 @@ def lay_out(plan: SplitPlan, shard_config: ShardConfig, filename_template: Any) 
     ]
 
 
-def units(plan: SplitPlan, unit_bytes: int, idx: np.ndarray | None = None) -> list[np.ndarray]:
-    """Cut the records `idx` (tar order; default all) into runs of about `unit_bytes` of tar: the writers' work
-    units, as arrays of record indices."""
-    idx = np.arange(len(plan), dtype=np.int64) if idx is None else idx
-    offsets = plan.offsets[idx]
+def units(plan: SplitPlan, unit_bytes: int) -> list[np.ndarray]:
+    """Cut the records (tar order) into runs of about `unit_bytes` of tar: the writers' work units, as arrays of
+    record indices."""
+    offsets = plan.offsets
     out: list[np.ndarray] = []
     start = 0
-    n = len(idx)
+    n = len(plan)
     while start < n:
         end = int(np.searchsorted(offsets, offsets[start] + unit_bytes, side="left"))
         end = max(end, start + 1)
-        out.append(idx[start:end])
+        out.append(np.arange(start, end, dtype=np.int64))
         start = end
     return out
 
 
-def fingerprint(plans: list[SplitPlan], version: str, file_format: str) -> str:
-    """What the output depends on; a resumed run continues only a journal with the same fingerprint."""
+def fingerprint(plan: SplitPlan, version: str, file_format: str) -> str:
+    """What a split's output depends on; a resumed run continues only a journal with the same fingerprint."""
     h = hashlib.sha256(f"{version}|{file_format}|records-v2".encode())
-    for plan in plans:
-        h.update(f"|{plan.split}|{plan.tar_path}|{len(plan)}|{plan.num_shards}|".encode())
-        h.update("\n".join(plan.names).encode("utf-8", "surrogateescape"))
-        for array in (plan.offsets, plan.sizes, plan.labels, plan.record_sizes, plan.shard_of, plan.dest):
-            h.update(np.ascontiguousarray(array).tobytes())
-        for index in sorted(plan.specials):
-            h.update(index.to_bytes(8, "little") + hashlib.sha256(plan.specials[index]).digest())
+    h.update(f"|{plan.split}|{plan.tar_path}|{len(plan)}|{plan.num_shards}|".encode())
+    h.update("\n".join(plan.names).encode("utf-8", "surrogateescape"))
+    for array in (plan.offsets, plan.sizes, plan.labels, plan.record_sizes, plan.shard_of, plan.dest):
+        h.update(np.ascontiguousarray(array).tobytes())
+    for index in sorted(plan.specials):
+        h.update(index.to_bytes(8, "little") + hashlib.sha256(plan.specials[index]).digest())
     return h.hexdigest()

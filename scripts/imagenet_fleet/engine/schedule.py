@@ -74,14 +74,15 @@ class Writes:
         self._pool, self._limit = pool, 2 * workers
         self._queue: deque[tuple[write.Unit | write.ShardJob, Journal]] = deque()
         self._running: dict[Future[tuple[str, int, int]], Journal] = {}
-        self._left: dict[int, list[Any]] = {}  # id(journal) -> [units not written yet, callback]
+        self._left: dict[Journal, int] = {}  # a split's journal -> its units not written yet
+        self._when_done: dict[Journal, Callable[[], None]] = {}
         self.written = 0
 
     def add(self, todo: list[write.Unit | write.ShardJob], journal: Journal, when_done: Callable[[], None]) -> None:
         if not todo:
             when_done()
             return
-        self._left[id(journal)] = [len(todo), when_done]
+        self._left[journal], self._when_done[journal] = len(todo), when_done
         self._queue.extend((unit, journal) for unit in todo)
         self._top_up()
 
@@ -100,7 +101,6 @@ class Writes:
         journal.add(key)
         self.written += nbytes
         self._top_up()
-        left = self._left[id(journal)]
-        left[0] -= 1
-        if not left[0]:
-            left[1]()
+        self._left[journal] -= 1
+        if not self._left[journal]:
+            self._when_done.pop(journal)()

@@ -270,18 +270,13 @@ def sync_files(paths: list[str]) -> int:
     return len(paths)
 
 
-def preallocate(path: str, size: int, keep: bool = False) -> None:
-    """Make the shard file `size` bytes long, blocks reserved where the filesystem can (a full disk fails now; and
-    on ext4 the records' scattered writes then land in blocks laid out in file order: a sparse file instead made
-    the 95k bench's build 30-50% slower).
-
-    `keep`: keep the bytes already there (a resize, or a resumed run); otherwise start from an empty file."""
+def preallocate(path: str, size: int) -> None:
+    """Make the shard file an empty `size` bytes, blocks reserved where the filesystem can (a full disk fails now;
+    and on ext4 the records' scattered writes then land in blocks laid out in file order: a sparse file instead made
+    the 95k bench's build 30-50% slower)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        if not keep:
-            os.ftruncate(fd, 0)
-        if os.fstat(fd).st_size > size:
-            os.ftruncate(fd, size)
+        os.ftruncate(fd, 0)
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:
