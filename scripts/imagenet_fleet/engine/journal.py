@@ -65,13 +65,15 @@ def locked_dir(path: Path) -> Iterator[None]:
 
 
 def open_journal(work_dir: Path, version_dir: Path, split: str, fp: str, fresh: bool = False) -> Journal:
-    """The split's journal if it continues this build (same fingerprint); else a new one, without the split's
-    shard files (the other splits' work is theirs: each split has its own journal)."""
+    """The split's journal if it continues this build (same fingerprint); else a new one, and none of the split's
+    files left from before (another build's, or files without a journal: an older engine's staging, say); the
+    other splits' work is theirs: each split has its own journal."""
     path = work_dir / f"journal-{split}.jsonl"
     first = path.read_text().split("\n", 1)[0] if path.exists() else ""
-    if fresh or (path.exists() and (json_or_none(first) or {}).get("fingerprint") != fp):
-        log.info("engine: %s holds another build's %s work: starting it over", work_dir, split)
+    if fresh or (json_or_none(first) or {}).get("fingerprint") != fp:
+        if path.exists():
+            log.info("engine: %s holds another build's %s work: starting it over", work_dir, split)
+            path.unlink()
         for old in version_dir.glob(f"{imagenet.DATASET}-{split}.*"):
             old.unlink()
-        path.unlink()
     return Journal(path, fp)
