@@ -5,8 +5,10 @@
         [--workers N]
 
 For each sample set (made once under --root, then reused): the I/O floor (read the tars once + write the output's
-bytes once), TFDS's build, the engine twice (byte-identical?), and the engine with the tars evicted from the page
-cache between its index and write passes (what happens when the tars do not fit in memory).
+bytes once), TFDS's build, the engine reading the tars' headers itself (once as is, once with the tars evicted from
+the page cache between its index and write passes: what happens when the tars do not fit in memory), and the engine
+twice with the member lists staging makes in its sha256 pass (`engine.memberlist`: one pass over the tars, no
+header reads; the CPU that listing adds to staging is measured too). All engine builds must be byte-identical.
 
 Every run, the I/O floor included, is measured the same way: start after `sync`, with the tars and the previous
 run's output evicted from the page cache (`posix_fadvise(DONTNEED)`), and stop after the process has exited AND a
@@ -224,6 +226,36 @@ def io_floor(manual: Path, out_bytes: int, scratch: Path, streams: int) -> tuple
     return seconds, seconds - (written - started)
 
 
+def drop_member_lists(manual: Path) -> None:
+    from imagenet_fleet.engine import memberlist
+
+    for tar in tars_of(manual):
+        memberlist.sidecar_path(tar).unlink(missing_ok=True)
+
+
+def stage_member_lists(manual: Path) -> str:
+    """List the tars' members the way staging does (`stage._hash`: in the sha256 pass it makes anyway); returns
+    what that costs: CPU seconds of the hash pass alone, and with the member lists (each pass from a cold cache)."""
+    from imagenet_fleet.engine import memberlist
+    from imagenet_fleet.manifest import hash_file
+
+    plain = listed = 0.0
+    for tar in tars_of(manual):
+        evict([tar])
+        t0 = time.process_time()
+        hash_file(tar)
+        plain += time.process_time() - t0
+        evict([tar])
+        t0 = time.process_time()
+        recorder = memberlist.Recorder(tar.stat().st_size, nested=tar.name == imagenet.TAR_NAMES["train"])
+        hash_file(tar, also=recorder.feed)
+        walks = recorder.walks()
+        assert walks is not None, f"{tar}: not listed"
+        memberlist.save(tar, walks)
+        listed += time.process_time() - t0
+    return f"staging's sha256 pass: {plain:.1f} CPU s, with the member lists {listed:.1f} CPU s"
+
+
 def digests(build: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(build.iterdir())}
 
@@ -234,20 +266,30 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_
     manual, images = ensure_sample(root, name)
     runs_root = root / f"runs-{name}"
     shutil.rmtree(runs_root, ignore_errors=True)
-    plan = ([] if skip_tfds else [("tfds", False)]) + [("parallel", False), ("parallel", False), ("parallel", True)]
+    drop_member_lists(manual)
+    plan = ([] if skip_tfds else [("tfds", "")]) + [("parallel", ""), ("parallel", "between"), ("parallel", "lists"),
+                                                    ("parallel", "lists")]  # fmt: skip
     results: list[tuple[str, dict]] = []
     builds: list[Path] = []
-    for i, (engine, between) in enumerate(plan):
+    staging = ""
+    for i, (engine, variant) in enumerate(plan):
+        if variant == "lists" and not staging:
+            staging = stage_member_lists(manual)
         run_dir = runs_root / f"{i}-{engine}"
         data = run_dir / "data"
         data.mkdir(parents=True)
         evict(tars_of(manual))
         args = ["--child", engine, "--manual", str(manual), "--data", str(data)]
         args += ["--workers", str(workers)] if workers else []
-        args += ["--evict-between"] if between else []
+        args += ["--evict-between"] if variant == "between" else []
         args += ["--file-format", file_format]
         m = measure(args, run_dir)
-        label = engine + (" (tars evicted between passes)" if between else "")
+        label = engine + {
+            "": ", headers read from the tars" if engine == "parallel" else "",
+            "between": ", headers read, tars evicted between passes",
+            "lists": ", member lists from staging (one pass)",
+        }[variant]
+        label += " (2nd)" if any(earlier == label for earlier, _ in results) else ""
         results.append((label, m))
         builds.append(data / imagenet.DATASET / imagenet.DEFAULT_VERSION)
         evict([p for p in run_dir.rglob("*") if p.is_file()])  # (written back already: the next run starts cold)
@@ -301,7 +343,9 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_
                 "deterministic": ("yes" if deterministic else "no") if is_engine else "-",
             }  # fmt: skip
         )
-    note = f"({file_format}, {images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = {floor * 1.3:.2f} s)"
+    drop_member_lists(manual)
+    note = (f"({file_format}, {images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = {floor * 1.3:.2f} s; "
+            f"{staging})")  # fmt: skip
     rows.append({"set": name, "run": note, **{k: "" for k in rows[0] if k not in ("set", "run")}})
     shutil.rmtree(runs_root, ignore_errors=True)
     return rows

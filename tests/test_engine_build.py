@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_fleet import imagenet, sample
-from imagenet_fleet.engine import pipeline
+from imagenet_fleet.engine import memberlist, pipeline
 from imagenet_fleet.engine.compare import differences
 from imagenet_fleet.errors import UserError
 
@@ -104,6 +105,49 @@ def test_byte_identical_across_runs_and_worker_counts(
     pipeline.build(special_sample, tmp_path / "d", VERSION, "tfrecord", 1, work_dir=tmp_path / "w", num_shards=4,
                 unit_bytes=1)  # fmt: skip
     assert digests(tmp_path / "d" / imagenet.DATASET / VERSION) == digests(engine_4_shards)
+
+
+def _copy_with_member_lists(sample_dir: Path, to: Path) -> Path:
+    """The tars as staging leaves them: each with the member lists recorded in its hash pass."""
+    to.mkdir()
+    for split, name in imagenet.TAR_NAMES.items():
+        if (sample_dir / name).exists():
+            shutil.copy2(sample_dir / name, to / name)
+            walks = memberlist.record_file(to / name, nested=split == "train")
+            assert walks is not None
+            memberlist.save(to / name, walks)
+    return to
+
+
+def test_staged_member_lists_give_the_same_build(special_sample: Path, engine_4_shards: Path, tmp_path: Path) -> None:
+    manual = _copy_with_member_lists(special_sample, tmp_path / "manual")
+    stats = pipeline.build(manual, tmp_path / "d", VERSION, "tfrecord", 2, work_dir=tmp_path / "w", num_shards=4)
+    assert stats["member_lists"] == ["test", "train", "validation"]
+    assert digests(tmp_path / "d" / imagenet.DATASET / VERSION) == digests(engine_4_shards)
+
+
+@pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
+def test_a_member_list_that_lies_fails_the_build_and_is_dropped(
+    plain_sample: Path, tmp_path: Path, file_format: str
+) -> None:
+    """A list stamped with the tar's size and mtime but wrong (the tar rewritten in place, mtime restored): the
+    writers' header checks catch it, the list is removed, and the next run reads the headers itself."""
+    manual = _copy_with_member_lists(plain_sample, tmp_path / "manual")
+    tar = manual / imagenet.TAR_NAMES["validation"]
+    loaded = memberlist.load(tar)
+    assert loaded is not None
+    walk = memberlist.read_walk(loaded.ref(0))
+    (a_name, a_off, a_size, a_reg), (b_name, b_off, b_size, b_reg) = walk[0], walk[1]
+    walk[0], walk[1] = (b_name, a_off, a_size, a_reg), (a_name, b_off, b_size, b_reg)  # two names swapped
+    memberlist.save(tar, {0: walk})
+    with pytest.raises(UserError, match="the tar changed"):
+        pipeline.build(manual, tmp_path / "d", VERSION, file_format, 2, work_dir=tmp_path / "w")
+    assert not memberlist.sidecar_path(tar).exists()
+    stats = pipeline.build(manual, tmp_path / "d", VERSION, file_format, 2, work_dir=tmp_path / "w")
+    assert stats["member_lists"] == ["train"]
+    reference = tmp_path / "ref"
+    pipeline.build(plain_sample, reference, VERSION, file_format, 2, work_dir=tmp_path / "w2")
+    assert digests(tmp_path / "d" / imagenet.DATASET / VERSION) == digests(reference / imagenet.DATASET / VERSION)
 
 
 def test_default_shard_rule_and_array_record_match_tfds(plain_sample: Path, tmp_path: Path) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from s3_fixtures import SCRIPTS
 
 from imagenet_fleet import imagenet
 from imagenet_fleet.engine import plan, records, tarindex
@@ -102,15 +107,6 @@ def _train_plan(sizes: np.ndarray, record_sizes: np.ndarray) -> plan.SplitPlan:
     )  # fmt: skip
 
 
-def _train_template():  # a tfds naming.ShardedFileTemplate (private API)
-    from tensorflow_datasets.core import naming
-
-    return naming.ShardedFileTemplate(
-        data_dir=naming.epath.Path("/d"), dataset_name="imagenet2012", split="train", filetype_suffix="tfrecord",
-        template=naming.DEFAULT_FILENAME_TEMPLATE,
-    )  # fmt: skip
-
-
 def test_layout_follows_tfds_shard_functions() -> None:
     from tensorflow_datasets.core.utils import shard_utils
 
@@ -118,8 +114,7 @@ def test_layout_follows_tfds_shard_functions() -> None:
     rng = np.random.default_rng(0)
     sizes = rng.integers(50_000, 150_000, n).astype(np.int64)
     p = _train_plan(sizes, sizes)
-    template = _train_template()
-    plan.lay_out(p, shard_utils.ShardConfig(num_shards=7), template)
+    plan.lay_out(p, 7, "tfrecord")
     assert p.num_shards == 7
     bounds = shard_utils.get_shard_boundaries(n, 7)
     assert np.cumsum(p.shard_lengths).tolist() == bounds
@@ -135,8 +130,39 @@ def test_layout_follows_tfds_shard_functions() -> None:
             at += int(sizes[i]) + records.TFRECORD_OVERHEAD
         assert at == p.shard_file_sizes[shard]
     # the default rule: TFDS's shard count for this total size
-    plan.lay_out(p, shard_utils.ShardConfig(), template)
+    plan.lay_out(p, None, "tfrecord")
     assert p.num_shards == shard_utils.ShardConfig().get_number_shards(int(sizes.sum()), n)
+
+
+@pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
+def test_shard_names_are_the_builders(tmp_path: Path, file_format: str) -> None:
+    from imagenet_fleet.engine import metadata
+
+    template = metadata.make_builder(tmp_path, imagenet.DEFAULT_VERSION, file_format)._get_filename_template
+    for split in imagenet.SPLITS:
+        for index, count in ((0, 1), (3, 16), (1023, 1024), (99_999, 100_000)):
+            want = template(split_name=split).sharded_filepath(shard_index=index, num_shards=count).name
+            assert plan.shard_name(split, file_format, index, count) == want
+
+
+def test_shard_rule_is_tfds_own_code_loaded_without_tfds() -> None:
+    grid = [(total, n) for total in (0, 10**6, 64 << 20, 3 << 30, 140 * 10**9) for n in (1, 7, 1024, 1_281_167)]
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1])\n"
+        "from imagenet_fleet.engine import plan\n"
+        "m = plan.tfds_shard_utils()\n"
+        "assert 'tensorflow_datasets' not in sys.modules, 'TFDS was imported'\n"
+        "grid = json.loads(sys.argv[2])\n"
+        "print(json.dumps([m.__file__, [m.ShardConfig().get_number_shards(t, n) for t, n in grid],"
+        " [m.get_shard_boundaries(n, 7) for t, n in grid if n >= 7]]))\n"
+    )
+    args = [sys.executable, "-c", code, str(SCRIPTS), json.dumps(grid)]
+    path, counts, bounds = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    from tensorflow_datasets.core.utils import shard_utils
+
+    assert Path(path) == Path(shard_utils.__file__)
+    assert counts == [shard_utils.ShardConfig().get_number_shards(t, n) for t, n in grid]
+    assert bounds == [shard_utils.get_shard_boundaries(n, 7) for t, n in grid if n >= 7]
 
 
 @pytest.mark.parametrize("name", ["n01440764_10026.JPEG", "x", "é" * 70, "a" * 200])

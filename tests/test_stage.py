@@ -15,6 +15,7 @@ import pytest
 from s3_fixtures import ScriptResult, run_main, run_script
 
 from imagenet_fleet import s3
+from imagenet_fleet.engine import memberlist
 from imagenet_fleet.errors import UserError
 from imagenet_fleet.publish import upload_objects
 from imagenet_fleet.stage import Expected, Item, main, marker_path, preflight_space
@@ -88,6 +89,11 @@ def test_stage_downloads_verifies_and_then_skips(source: str, tars: Path, tmp_pa
         assert marker_path(manual, name).is_file()
     assert "optional test split is skipped" in first.stderr
     assert sorted(p.name for p in manual.iterdir() if not p.name.startswith(".")) == [TRAIN, VAL]
+    for name in (TRAIN, VAL):  # the hash pass listed each tar's members, as the engine would read them
+        listed = memberlist.load(manual / name)
+        assert listed is not None
+        walks = memberlist.record_file(tars / name, nested=name == TRAIN)
+        assert walks is not None and all(memberlist.read_walk(listed.ref(start)) == w for start, w in walks.items())
 
     markers = {n: marker_path(manual, n).read_bytes() for n in (TRAIN, VAL)}
     mtimes = {n: (manual / n).stat().st_mtime_ns for n in (TRAIN, VAL)}
@@ -128,6 +134,7 @@ def test_tar_copied_in_by_hand_is_verified_not_downloaded(source: str, tars: Pat
     assert result.summary["files"][TRAIN]["action"] == "verified"
     assert result.summary["files"][VAL]["action"] == "downloaded"
     assert result.summary["bytes_downloaded"] == (tars / VAL).stat().st_size
+    assert memberlist.load(manual / TRAIN) is not None  # listed by the hash pass that verified it
     assert stage(capsys, source, manual).summary["changed"] is False
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,10 @@ def sha256_file(path: Path) -> str:
     return hash_file(path)[0]
 
 
-def hash_file(path: Path, *, md5: bool = False) -> tuple[str, str | None]:
-    """(sha256, md5 or None) of a file in one read pass."""
+def hash_file(
+    path: Path, *, md5: bool = False, also: Callable[[memoryview], None] | None = None
+) -> tuple[str, str | None]:
+    """(sha256, md5 or None) of a file in one read pass; `also` sees every chunk of that pass, in order."""
     sha = hashlib.sha256()
     md = hashlib.md5(usedforsecurity=False) if md5 else None
     with open(path, "rb", buffering=0) as fh:
@@ -54,6 +56,8 @@ def hash_file(path: Path, *, md5: bool = False) -> tuple[str, str | None]:
             sha.update(view[:n])
             if md is not None:
                 md.update(view[:n])
+            if also is not None:
+                also(view[:n])
     return sha.hexdigest(), (md.hexdigest() if md is not None else None)
 
 

@@ -4,7 +4,8 @@ For each split's tar the object is HEADed (size, ETag, `sha256` metadata). A loc
 marker `DIR/.<tar>.verified.json` matches the file's size and mtime_ns and the object's size and sha256 metadata
 (or ETag when the object has no sha256): then nothing is read. Otherwise the tar is downloaded to a temp name,
 its size and digests are checked (the `sha256` metadata our uploader sets; with `official=True` the official
-ILSVRC2012 MD5 too), and only then renamed into place, the marker written last.
+ILSVRC2012 MD5 too), and only then renamed into place, the marker written last. The same read pass lists the
+tar's members (`engine.memberlist`, saved as `DIR/.<tar>.members`), so that the build reads no headers itself.
 A local tar without a valid marker whose size matches and whose digest can be checked is hashed instead of
 downloaded ("verified"): a tar copied in by hand is adopted without a transfer.
 
@@ -29,6 +30,8 @@ from typing import Any
 
 from imagenet_fleet import cli, s3
 from imagenet_fleet.atomic import atomic_write_json
+from imagenet_fleet.engine import memberlist
+from imagenet_fleet.engine.tarindex import Walk
 from imagenet_fleet.errors import UserError
 from imagenet_fleet.imagenet import SPLITS, TAR_NAMES
 from imagenet_fleet.manifest import hash_file
@@ -212,35 +215,58 @@ def _write_marker(item: Item, sha256: str, md5: str | None) -> None:
     atomic_write_json(marker_path(item.local.parent, item.name), marker)
 
 
-def _verify_local(item: Item) -> tuple[str, str | None] | None:
+@dataclass
+class Digests:
+    """What the one read pass over a tar found: its digests, and its member lists (`memberlist`: the engine then
+    reads no headers of its own), None when the recorder could not list it."""
+
+    sha256: str
+    md5: str | None
+    members: dict[int, Walk] | None
+
+
+def _hash(item: Item, path: Path) -> Digests:
+    recorder = memberlist.Recorder(path.stat().st_size, nested=item.name == TAR_NAMES["train"])
+    sha256, md5 = hash_file(path, md5=item.expected.md5 is not None, also=recorder.feed)
+    return Digests(sha256, md5, recorder.walks())
+
+
+def _verify_local(item: Item) -> Digests | None:
     """Hash a local tar that has no valid marker; its digests when they match what is expected, else None."""
     log.info("hashing the local %s (no valid marker) to check it against %s", item.local, item.uri)
-    sha256, md5 = hash_file(item.local, md5=item.expected.md5 is not None)
+    digests = _hash(item, item.local)
     try:
-        item.expected.check(item.uri, sha256, md5)
+        item.expected.check(item.uri, digests.sha256, digests.md5)
     except UserError as exc:
         log.info("local %s does not match (%s): downloading it again", item.local, exc.cause)
         return None
-    return sha256, md5
+    return digests
 
 
-def _download(s3c: s3.S3Client, item: Item, threads: int) -> tuple[str, str | None]:
+def _download(s3c: s3.S3Client, item: Item, threads: int) -> Digests:
     assert item.remote is not None
     marker_path(item.local.parent, item.name).unlink(missing_ok=True)
+    memberlist.sidecar_path(item.local).unlink(missing_ok=True)
     item.local.unlink(missing_ok=True)  # stale or unverifiable: free its space before the new copy lands
-    digests: dict[str, str | None] = {}
+    found: list[Digests] = []
 
     def verify(tmp: Path) -> None:
-        sha256, md5 = hash_file(tmp, md5=item.expected.md5 is not None)
-        item.expected.check(item.uri, sha256, md5)
+        digests = _hash(item, tmp)
+        item.expected.check(item.uri, digests.sha256, digests.md5)
         if not item.expected.known:
-            log.info("note: %s has no sha256 metadata: checked its size only (sha256 %s)", item.uri, sha256)
-        digests.update(sha256=sha256, md5=md5)
+            log.info("note: %s has no sha256 metadata: checked its size only (sha256 %s)", item.uri, digests.sha256)
+        found.append(digests)
 
     s3.download(s3c, item.bucket, item.key, item.local, threads=threads, expected_size=item.remote.size, verify=verify)
-    sha256 = digests["sha256"]
-    assert sha256 is not None
-    return sha256, digests["md5"]
+    return found[0]
+
+
+def _save_members(item: Item, digests: Digests) -> None:
+    if digests.members is None:
+        log.info("%s: its headers could not all be listed while hashing: the engine will read them", item.local)
+        memberlist.sidecar_path(item.local).unlink(missing_ok=True)
+    else:
+        memberlist.save(item.local, digests.members)
 
 
 def stage(
@@ -289,8 +315,9 @@ def stage(
                     action = DOWNLOADED
                     log.info("downloading %s -> %s", item.uri, item.local)
                     digests = _download(s3c, item, threads)
-                sha256, md5 = digests
-                _write_marker(item, sha256, md5)
+                sha256 = digests.sha256
+                _save_members(item, digests)
+                _write_marker(item, sha256, digests.md5)
             files[item.name] = _entry(item, action, sha256, time.monotonic() - t0)
     changed = any(f["action"] in (DOWNLOADED, VERIFIED) for f in files.values())
     return _summary(source, manual_dir, files, changed, started, check=False)

@@ -2,15 +2,19 @@
 
 Each split goes through these steps on its own, as soon as its tar's headers are read (the train split's serial
 walks and the flat validation/test tars' are indexed concurrently, and one split's writes overlap another's index):
-1. index   — in the worker processes: the train tar's headers only (of its image bytes, only the 23 CMYK/PNG
-             images'), the flat tars streamed in chunks (`tarindex.open_for`); meanwhile a thread imports TFDS (no
-             TensorFlow) and, if the train tar has the CMYK/PNG synsets, a helper loads TF's image kernels;
+1. index   — in the worker processes: from the member lists staging recorded in its sha256 pass (`memberlist`:
+             no reads of the tars at all), or else from the tars: the train tar's headers only (of its image
+             bytes, only the 23 CMYK/PNG images'), the flat tars streamed in chunks (`tarindex.open_for`);
+             meanwhile a thread imports TFDS (no TensorFlow) for the metadata and, if the train tar has the
+             CMYK/PNG synsets, a helper loads TF's image kernels;
 2. special — (train) the 23 CMYK/PNG images are read and re-encoded by the helper, warm by then: their new sizes
              are known before anything is laid out;
-3. layout  — TFDS's order, shard count, boundaries and names; every record's offset; shard files preallocated;
+3. layout  — TFDS's order, shard count, boundaries and names (TFDS's shard rule, without importing TFDS: `plan`);
+             every record's offset; shard files preallocated;
 4. write   — TFRecord: one sequential pass over the tar in work units (every image byte read once, in tar order),
              each record `pwritev`'d into its place; ArrayRecord (records compressed, so offsets unknown): a job
              per shard, written front to back by TFDS's writer, its images read from the tar in the shard's order;
+             either way each image's tar header, read with it, is checked against the index;
 then, for all splits: fdatasync, TFDS metadata, rename into `<data_dir>/imagenet2012/<version>`.
 
 Resume: the work happens in a stable folder beside `data_dir` (`work_dir`), with a journal per split of its finished
@@ -36,7 +40,7 @@ import numpy as np
 
 from imagenet_fleet import imagenet
 from imagenet_fleet.atomic import fsync_dir
-from imagenet_fleet.engine import journal, procs, records, schedule, special, tarindex, write
+from imagenet_fleet.engine import journal, memberlist, procs, records, schedule, special, tarindex, write
 from imagenet_fleet.engine.plan import SplitPlan, fingerprint, lay_out
 from imagenet_fleet.errors import UserError
 
@@ -84,12 +88,14 @@ def _batches(chains: list[tarindex.Chain], count: int) -> list[list[tarindex.Cha
     return out
 
 
-def _train_chains(path: str, fetch: frozenset[str]) -> tuple[list[tarindex.Chain], set[str]]:
-    """The outer train tar's members (read here: one header per synset) as chains over the inner tars, each to read
-    the bytes of its images named in `fetch` too."""
+def _train_chains(
+    path: str, fetch: frozenset[str], staged: memberlist.MemberList | None
+) -> tuple[list[tarindex.Chain], set[str]]:
+    """The outer train tar's members (read here, one header per synset, unless staging recorded them) as chains
+    over the inner tars, each to read the bytes of its images named in `fetch` too."""
     label_index = imagenet.label_index()
     size = os.path.getsize(path)
-    outer = tarindex.Chain(path, 0, size, "train")
+    outer = tarindex.Chain(path, 0, size, "train", staged=staged.ref(0) if staged else None)
     fd = tarindex.open_for(outer)
     try:
         members = tarindex.walk(fd, outer)
@@ -108,7 +114,10 @@ def _train_chains(path: str, fetch: frozenset[str]) -> tuple[list[tarindex.Chain
                 "use the original ILSVRC2012 train tar",
             )
         synsets.add(synset)
-        chains.append(tarindex.Chain(path, offset, offset + length, "train", label=label_index[synset], fetch=fetch))
+        ref = staged.ref(offset) if staged and offset in staged else None
+        chains.append(
+            tarindex.Chain(path, offset, offset + length, "train", label=label_index[synset], fetch=fetch, staged=ref)
+        )
     return chains, synsets
 
 
@@ -211,56 +220,47 @@ class _Specials:
             self._submitted = 0
 
 
-class _LayoutTools:
-    """TFDS's builder (file-name template, metadata) and shard rule, imported in a thread (~0.8 s of CPU)."""
+class _Metadata:
+    """TFDS's builder, for the metadata written at the end: imported in a thread (~1 s of CPU) while the tars are
+    indexed and written."""
 
-    def __init__(self, work_dir: Path, version: str, file_format: str, num_shards: int | None, clock: _Clock) -> None:
-        self._args = (work_dir, version, file_format, num_shards)
+    def __init__(self, work_dir: Path, version: str, file_format: str, clock: _Clock) -> None:
+        self._args = (work_dir, version, file_format)
         self._clock = clock
-        self._result: tuple[Any, Any, Any] | BaseException | None = None
+        self._result: tuple[Any, Any] | BaseException | None = None
         self._thread = threading.Thread(target=self._load, name="imagenet-tfds-import", daemon=True)
         self._thread.start()
 
     def _load(self) -> None:
         try:
-            from tensorflow_datasets.core.utils import shard_utils
-
             from imagenet_fleet.engine import metadata
 
-            work_dir, version, file_format, num_shards = self._args
-            builder = metadata.make_builder(work_dir, version, file_format)
-            self._result = (metadata, builder, shard_utils.ShardConfig(num_shards=num_shards))
+            self._result = (metadata, metadata.make_builder(*self._args))
             self._clock.mark("TFDS imported")
         except BaseException as exc:  # noqa: BLE001 - raised again where the result is used
             self._result = exc
 
-    def _get(self) -> tuple[Any, Any, Any]:
+    def write(self, version_dir: Path, splits: list[tuple[str, list[int], int]]) -> None:
         self._thread.join()
         if isinstance(self._result, BaseException):
             raise self._result
         assert self._result is not None
-        return self._result
-
-    @property
-    def metadata(self) -> Any:
-        return self._get()[0]
-
-    @property
-    def builder(self) -> Any:
-        return self._get()[1]
-
-    @property
-    def shard_config(self) -> Any:
-        return self._get()[2]
+        metadata, builder = self._result
+        metadata.write_metadata(builder, version_dir, splits)
 
 
 class _Index:
     """The header reads, in the worker processes: first the train tar's inner tars of the CMYK/PNG synsets (their
     images' bytes read too), then one task per flat tar (validation, test: a long serial walk each), then the rest
-    of the train tar, a task per worker. A split is ready when all its tasks are."""
+    of the train tar, a task per worker. A split is ready when all its tasks are. A tar whose members staging
+    recorded (`memberlist`) is not read at all here: its tasks read the member lists instead (`staged`)."""
 
     def __init__(self, pool: ProcessPoolExecutor, tars: dict[str, Path], workers: int) -> None:
         self.synsets: set[str] = set()
+        lists = {split: memberlist.load(path) for split, path in tars.items()}
+        self.staged = {split for split, found in lists.items() if found is not None and 0 in found}
+        for split in sorted(set(tars) - self.staged):
+            log.info("engine: no member list staged with %s: reading its headers", tars[split])
         self._tasks: dict[Future[list[tarindex.ChainIndex]], list[tarindex.Chain]] = {}
         self._parts: dict[str, dict[int, tarindex.ChainIndex]] = {}
         self._count: dict[str, int] = {}
@@ -270,7 +270,7 @@ class _Index:
             names = special.special_names()
             label_index = imagenet.label_index()
             special_labels = {label_index[synset] for synset in special.special_synsets()}
-            chains, self.synsets = _train_chains(str(tars["train"]), fetch=names)
+            chains, self.synsets = _train_chains(str(tars["train"]), names, lists["train"])
             first = [chain for chain in chains if chain.label in special_labels]
             rest = [chain for chain in chains if chain.label not in special_labels]
             train = [first] if first else []
@@ -279,11 +279,11 @@ class _Index:
             self._submit(pool, train[:1])
         for split in ("validation", "test"):
             if split in tars:
-                path = str(tars[split])
+                path, found = str(tars[split]), lists[split]
                 chain = tarindex.Chain(
                     path, 0, os.path.getsize(path), split,
                     label=imagenet.TEST_LABEL if split == "test" else None,
-                    keep_raw_names=split == "validation", flat=True,
+                    keep_raw_names=split == "validation", flat=True, staged=found.ref(0) if found else None,
                 )  # fmt: skip
                 self._count[split] = 1
                 self._submit(pool, [[chain]])
@@ -378,10 +378,10 @@ class _Build:
     def _index_and_write(self) -> None:
         # 1. index, a task per worker; meanwhile TF's kernels load in the helper, and TFDS (no TensorFlow) in a
         # thread, while this thread hands each split to the writers as soon as its index is in
-        index = _Index(self.pool, self.tars, self.workers)
+        self.index = index = _Index(self.pool, self.tars, self.workers)
         if index.synsets & special.special_synsets():
             self.specials.start()
-        self.tools = _LayoutTools(self.work_dir, self.version, self.file_format, self.num_shards, self.clock)
+        self.metadata = _Metadata(self.work_dir, self.version, self.file_format, self.clock)
         self.writes = schedule.Writes(self.pool, self.workers)
         while index.pending or self.writes.pending:
             done, _ = wait(index.pending | self.writes.pending, return_when=FIRST_COMPLETED)
@@ -393,7 +393,11 @@ class _Build:
                         self.plans.append(plan)
                         self._start(plan)
                 else:
-                    self.writes.take(future)  # type: ignore[arg-type]
+                    try:
+                        self.writes.take(future)  # type: ignore[arg-type]
+                    except tarindex.ChangedTar as exc:  # (a member list that no longer holds: not used again)
+                        memberlist.sidecar_path(Path(exc.path)).unlink(missing_ok=True)
+                        raise
         self.clock.mark("written")
         self.plans.sort(key=lambda p: imagenet.SPLITS.index(p.split))
         self.clock.lap("index+write")
@@ -403,7 +407,7 @@ class _Build:
         self.clock.mark(f"{plan.split} indexed")
         if plan.split == "train":
             self.counts["special"] = self.specials.apply(plan)
-        lay_out(plan, self.tools.shard_config, self.tools.builder._get_filename_template(split_name=plan.split))
+        lay_out(plan, self.num_shards, self.file_format)
         self.version_dir.mkdir(parents=True, exist_ok=True)
         paths = [str(self.version_dir / name) for name in plan.shard_names]
         every, todo, split_journal = self._work(plan, paths)
@@ -433,7 +437,9 @@ class _Build:
         for path, size in zip(paths, plan.shard_file_sizes, strict=True):
             if not (split_journal.resumed and os.path.exists(path)):
                 write.preallocate(path, size)
-        units = schedule.make_units(plan, paths, self.unit_bytes)
+        # O_DIRECT for a tar the index did not read (the train tar; a listed one): no page cache for bytes read once
+        direct = plan.split == "train" or plan.split in self.index.staged
+        units = schedule.make_units(plan, paths, self.unit_bytes, direct)
         return list(units), [unit for unit in units if unit.key not in split_journal.done], split_journal
 
     def _finish(self) -> None:
@@ -445,7 +451,7 @@ class _Build:
             n = min(self.workers, len(paths))
             _ = list(self.pool.map(write.sync_files, [paths[i::n] for i in range(n)]))
         splits = [(p.split, p.shard_lengths, p.total_size) for p in self.plans]
-        self.tools.metadata.write_metadata(self.tools.builder, self.version_dir, splits)
+        self.metadata.write(self.version_dir, splits)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.version_dir, self.target)
         fsync_dir(self.target.parent)
@@ -464,6 +470,7 @@ class _Build:
             "bytes_written": self.writes.written,
             "units_resumed": self.counts["units"] - self.counts["todo"],
             "special_images": self.counts["special"],
+            "member_lists": sorted(self.index.staged),  # splits whose headers staging had listed (none read here)
         }
         log.info("engine: built %s in %.2f s: %s", self.target, total, json.dumps(stats["examples"]))
         return stats

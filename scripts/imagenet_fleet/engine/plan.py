@@ -5,23 +5,27 @@ TFDS (4.9.10) writes a split like this (`writer.Writer` + `shuffle.Shuffler`): e
 is hashed with md5, salted with the split name (`hashing.Hasher`); examples are sorted by that 128-bit hash; the
 shard count comes from `ShardConfig.get_number_shards(total_size, num_examples)` where total_size is the sum of
 the serialized examples' lengths; `shard_utils.get_shard_boundaries` cuts the sorted list by count; the file names
-come from the builder's `ShardedFileTemplate`. We call those same functions; only the hashing is redone here (with
-hashlib, in the index workers) and pinned against `hashing.Hasher` by a test.
+come from the builder's `ShardedFileTemplate`. We call TFDS's own shard functions (`tfds_shard_utils`: that module
+alone, loaded without importing TFDS, which costs ~1 s of CPU that the layout would otherwise wait for). The
+hashing is redone here (with hashlib, in the index workers) and the file names' template written out
+(`shard_name`); both are pinned against TFDS by tests.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
+import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
+from imagenet_fleet import imagenet
 from imagenet_fleet.engine.records import TFRECORD_OVERHEAD
 from imagenet_fleet.errors import UserError
-
-if TYPE_CHECKING:
-    from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 
 
 @dataclass
@@ -67,15 +71,41 @@ def tfds_order(digests: np.ndarray) -> np.ndarray:
     return order
 
 
-def lay_out(plan: SplitPlan, shard_config: ShardConfig, filename_template: Any) -> None:
-    """Fill in the plan's shard count, boundaries, file names, and every record's shard and offset."""
-    from tensorflow_datasets.core.utils import shard_utils
+@functools.cache
+def tfds_shard_utils() -> ModuleType:
+    """TFDS's `core/utils/shard_utils.py` (standard library imports only), run from the installed package's file
+    without running `tensorflow_datasets/__init__` (`find_spec` of a top-level package does not import it)."""
+    name = "tensorflow_datasets.core.utils.shard_utils"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("tensorflow_datasets")
+    if package is None or not package.submodule_search_locations:
+        raise ModuleNotFoundError("tensorflow_datasets is not installed")
+    path = Path(package.submodule_search_locations[0]) / "core" / "utils" / "shard_utils.py"
+    spec = importlib.util.spec_from_file_location("imagenet_fleet.engine._tfds_shard_utils", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
 
+
+def shard_name(split: str, file_format: str, index: int, num_shards: int) -> str:
+    """A shard's file name: the builder's `ShardedFileTemplate`, TFDS's default template
+    (`{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}`)."""
+    digits = max(len(str(num_shards)), 5)  # (naming._num_digits_needed)
+    return f"{imagenet.DATASET}-{split}.{file_format}-{index:0{digits}d}-of-{num_shards:0{digits}d}"
+
+
+def lay_out(plan: SplitPlan, num_shards: int | None, file_format: str) -> None:
+    """Fill in the plan's shard count (TFDS's rule, or `num_shards` as TFDS's `DownloadConfig` takes it), boundaries,
+    file names, and every record's shard and offset."""
+    shard_utils = tfds_shard_utils()
     n = len(plan)
     if n == 0:
         raise UserError(f"the {plan.split} tar holds no images", "stage a complete ILSVRC2012 tar")
     order = tfds_order(plan.digests)
-    num_shards = shard_config.get_number_shards(plan.total_size, n)
+    num_shards = shard_utils.ShardConfig(num_shards=num_shards).get_number_shards(plan.total_size, n)
     bounds = np.asarray(shard_utils.get_shard_boundaries(n, num_shards), dtype=np.int64)
     rank_shard = np.searchsorted(bounds, np.arange(n), side="right").astype(np.int32)
     framed = plan.record_sizes[order] + TFRECORD_OVERHEAD
@@ -93,9 +123,7 @@ def lay_out(plan: SplitPlan, shard_config: ShardConfig, filename_template: Any) 
     plan.rank[order] = np.arange(n, dtype=np.int64)
     plan.shard_lengths = np.diff(np.concatenate(([0], bounds))).astype(int).tolist()
     plan.shard_file_sizes = np.bincount(rank_shard, weights=framed, minlength=num_shards).astype(np.int64).tolist()
-    plan.shard_names = [
-        filename_template.sharded_filepath(shard_index=i, num_shards=num_shards).name for i in range(num_shards)
-    ]
+    plan.shard_names = [shard_name(plan.split, file_format, i, num_shards) for i in range(num_shards)]
 
 
 def units(plan: SplitPlan, unit_bytes: int) -> list[np.ndarray]:

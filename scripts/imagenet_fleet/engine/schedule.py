@@ -33,7 +33,7 @@ def records_of(plan: SplitPlan, sel: np.ndarray) -> dict[str, Any]:
     }
 
 
-def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int) -> list[write.Unit]:
+def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct: bool) -> list[write.Unit]:
     # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
     drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     out = []
@@ -46,7 +46,7 @@ def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int) -> list
                 shard_of=ints(plan.shard_of[sel]),
                 dest=ints(plan.dest[sel]),
                 drop=drop,
-                direct=plan.split == "train",
+                direct=direct,
                 **records_of(plan, sel),
             )
         )

@@ -1,7 +1,7 @@
 """The 23 images TFDS re-encodes (22 CMYK JPEGs, 1 PNG), re-encoded as the builder's `_fix_image` does.
 
 Their new sizes decide where every record after them in their shards goes, so they are converted before the layout.
-That needs TensorFlow's image ops: a helper process (spawned: a fresh interpreter that holds none of this process's
+That needs TensorFlow's image ops: a helper process (a fresh interpreter that holds none of this process's
 state) starts as soon as the train tar is known to hold any of those synsets, loads TF's kernels through its C API
 (`tfops`: ~0.5 s, against ~4.9 s of CPU for `import tensorflow`) and warms them up while the tars are indexed, then
 converts the images when they arrive and exits, so its memory is held only that long.
@@ -13,9 +13,11 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import struct
+import subprocess
+import sys
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from imagenet_fleet import imagenet
 from imagenet_fleet.engine import tfops
@@ -60,8 +62,10 @@ def tiny_png() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def _serve(conn: multiprocessing.connection.Connection) -> None:
-    """Helper process: load TF's kernels and warm them up, then convert what arrives."""
+def serve(fd: int) -> None:
+    """The helper process's main (`Converter`): load TF's kernels and warm them up, then convert what arrives on
+    the connection `fd`, until None (or the parent is gone)."""
+    conn = multiprocessing.connection.Connection(fd)
     try:
         tf = tfops.load()
         tfops.png_to_jpeg(tf, tiny_png())
@@ -73,31 +77,50 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
                     conn.send(("bad image", str(exc)))
                     return
                 conn.send(("ok", out))
+    except EOFError:
+        pass  # the parent is gone
     except BaseException as exc:  # noqa: BLE001 - report anything to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
+_HELPER = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "from imagenet_fleet.engine import special\n"
+    "special.serve(int(sys.argv[2]))"
+)
+
+
 class Converter:
     """Runs `_fix_image` for the special images in a helper process started early."""
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: safe whatever this process holds
-        self._conn, child = ctx.Pipe()
-        self._proc: Any = ctx.Process(target=_serve, args=(child,), name="imagenet-special", daemon=True)
-        self._proc.start()
-        child.close()
+        # a fresh interpreter (safe whatever this process holds), started as a plain command: multiprocessing's
+        # spawn would first re-import the caller's __main__, ~0.5 s more before the kernels start loading
+        self._conn, child = multiprocessing.Pipe()
+        scripts = str(Path(__file__).resolve().parents[2])
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _HELPER, scripts, str(child.fileno())], pass_fds=[child.fileno()]
+            )
+        finally:
+            child.close()
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="imagenet-special-send")
+        self._sent: list[Future[None]] = []
 
     def submit(self, items: list[tuple[str, bytes]]) -> None:
-        """Hand (name, bytes) pairs to the helper; `result()` collects them, re-encoded."""
-        self._conn.send(items)
+        """Hand (name, bytes) pairs to the helper; `result()` collects them, re-encoded. Sent by a thread: the pipe
+        holds 64 KB, and the helper reads only once its kernels are loaded (a send from the caller's thread stalled
+        the build's main loop ~0.8 s there)."""
+        self._sent.append(self._sender.submit(self._conn.send, items))
 
     def result(self) -> dict[str, bytes]:
         """name -> re-encoded bytes of the oldest `submit` not collected yet (blocks until the helper has them)."""
         try:
+            self._sent.pop(0).result()
             status, payload = self._conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # (the pipe broke: it is gone)
             self.close()
             raise RuntimeError("the image re-encoding helper died (out of memory?)") from None
         if status == "bad image":
@@ -113,6 +136,8 @@ class Converter:
         return self.result()
 
     def close(self) -> None:
-        if self._proc.is_alive():
+        if self._proc.poll() is None:
             self._proc.kill()
-            self._proc.join()
+            self._proc.wait()
+        self._conn.close()  # (a send still blocked on the pipe fails now)
+        self._sender.shutdown(wait=True)

@@ -35,6 +35,9 @@ CHAIN_THREADS = 32
 FLAT_CHUNK = 4 << 20
 
 
+Walk = list[tuple[str, int, int, bool]]  # (tarfile name, absolute data offset, size, is_regular) per member
+
+
 class TarError(UserError):
     """A tar that is not what ILSVRC2012 ships (truncated, not a tar, unexpected members)."""
 
@@ -55,6 +58,7 @@ class Chain:
     keep_raw_names: bool = False
     flat: bool = False  # a whole flat tar (validation, test), not an inner tar of the train tar
     fetch: frozenset[str] = frozenset()  # keys whose image bytes to read too (the CMYK/PNG images)
+    staged: tuple[str, int, int, int] | None = None  # its members as staging recorded them (`memberlist.ref`)
 
 
 @dataclass
@@ -147,9 +151,13 @@ class _Chunks:
         return self._buf[rel : rel + BLOCK]
 
 
-def _walk_fast(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
+def walk_item(name: str, data_offset: int, size: int, kind: bytes) -> tuple[str, int, int, bool]:
+    return name, data_offset, size, kind in _REGULAR
+
+
+def _walk_fast(fd: int, chain: Chain) -> Walk:
     """(tarfile name, absolute data offset, size, is_regular) of every member, by the fast parser."""
-    out: list[tuple[str, int, int, bool]] = []
+    out: Walk = []
     pos = chain.start
     read = _Chunks(fd, chain.end) if chain.flat else lambda at: os.pread(fd, BLOCK, at)
     while pos + BLOCK <= chain.end:
@@ -160,9 +168,9 @@ def _walk_fast(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
         if parsed is None:
             return out
         name, size, kind = parsed
-        regular = kind in _REGULAR
-        out.append((name, pos + BLOCK, size, regular))
-        pos += BLOCK + (_blocks(size) if regular else 0)
+        item = walk_item(name, pos + BLOCK, size, kind)
+        out.append(item)
+        pos += BLOCK + (_blocks(size) if item[3] else 0)
     if pos > chain.end:
         raise _member_error(chain.path, chain.end, "member runs past the end of the archive")
     return out
@@ -190,9 +198,9 @@ class _Window:
         return self._pos
 
 
-def _walk_tarfile(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
+def _walk_tarfile(fd: int, chain: Chain) -> Walk:
     """Same as `_walk_fast`, by Python's tarfile (every header kind it knows)."""
-    out: list[tuple[str, int, int, bool]] = []
+    out: Walk = []
     try:
         with tarfile.open(fileobj=_Window(fd, chain.start, chain.end), mode="r:") as tar:  # type: ignore[arg-type]
             for member in tar:
@@ -208,11 +216,63 @@ def _walk_tarfile(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
     return out
 
 
-def walk(fd: int, chain: Chain) -> list[tuple[str, int, int, bool]]:
+def walk(fd: int, chain: Chain) -> Walk:
+    if chain.staged is not None:
+        from imagenet_fleet.engine import memberlist
+
+        return memberlist.read_walk(chain.staged)
     try:
         return _walk_fast(fd, chain)
     except _SlowPath:
         return _walk_tarfile(fd, chain)
+
+
+def _checksum_ok(raw: bytes) -> bool:
+    """tarfile's test: the stored checksum is the header's unsigned or signed byte sum (checksum field as spaces)."""
+    try:
+        stored = int(_nts(raw[148:156]).strip() or "0", 8)
+    except ValueError:
+        return False
+    unsigned = 256 + sum(raw) - sum(raw[148:156])
+    return stored == unsigned or stored == unsigned - 256 * sum(b > 127 for b in raw[:148] + raw[156:])
+
+
+def check_header(path: str, block: bytes | memoryview, offset: int, key: str, size: int) -> None:
+    """The writers' check that the 512 bytes before an image (at `offset`) are its header as indexed: a valid
+    header, of that size, under that name. A tar changed since its headers were read (or a stale member list)
+    fails the build instead of writing wrong records. (A name too long or not ASCII lives in an extended header
+    before this one, which the index read: only the size is checked then.)"""
+    raw = bytes(block)
+    name = key.encode(_ENCODING, _ERRORS)
+    if len(name) < 100 and raw.startswith(name) and raw[len(name)] == 0:
+        try:
+            if int(raw[124:136].strip(b"\0 "), 8) == size:
+                return  # the common case: a plain header holding the key itself
+        except ValueError:
+            pass
+    if _checksum_ok(raw):
+        try:
+            parsed = _parse(raw)
+        except _SlowPath:
+            return  # a valid header only tarfile reads (base-256 size...): the index went through tarfile
+        if parsed is not None and parsed[1] == size:
+            if normpath(parsed[0]) == key or len(name) >= 100 or not key.isascii():
+                return
+    raise ChangedTar(path, offset, key, size)
+
+
+class ChangedTar(TarError):
+    """A member is not where or what the index said: the tar changed since its headers were read."""
+
+    def __init__(self, path: str, offset: int, key: str, size: int) -> None:
+        super().__init__(
+            f"{path}: the member at byte {offset} is not {key!r} of {size} bytes as indexed (the tar changed)",
+            "run the build again: it reads the tar's headers afresh",
+        )
+        self.path, self._args = path, (path, offset, key, size)
+
+    def __reduce__(self) -> tuple[type[ChangedTar], tuple[str, int, str, int]]:  # type: ignore[override]
+        return (type(self), self._args)  # (raised in a worker process, it reaches the parent intact)
 
 
 def index_chain(fd: int, chain: Chain) -> ChainIndex:

@@ -4,7 +4,8 @@ TFRecord: a work unit is a run of consecutive members of one tar, in tar order. 
 in large reads (`AHEAD` of them in flight in a reader thread; the train tar with O_DIRECT; a gap over `MAX_GAP`,
 such as a huge member that is not an image, skipped) and, for each image, sends `TFRecord head + example prefix +
 image + example suffix + CRC` to the record's precomputed offset in its (preallocated) shard file with one
-`pwritev`: the image bytes go from the read buffer to the page cache without another copy. Units are independent
+`pwritev`: the image bytes go from the read buffer to the page cache without another copy. Each image's header,
+read with it, is checked against the index on the way (`tarindex.check_header`). Units are independent
 and idempotent: writing one again writes the same bytes at the same places, which is what makes a killed run
 resumable.
 
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from imagenet_fleet.engine import records
+from imagenet_fleet.engine import records, tarindex
 
 READ_BYTES = 8 << 20  # one read covers up to this much of the tar (a larger image gets a read of its own)
 MAX_OPEN_SHARDS = 256
@@ -178,7 +179,7 @@ def write_unit(unit: Unit) -> tuple[str, int, int]:
     def read(s: int) -> Future[tuple[memoryview, int]]:
         i, j = spans[s]
         assert _reader is not None
-        return _reader.read(unit.tar_path, offsets[i], offsets[j - 1] + sizes[j - 1], unit.direct)
+        return _reader.read(unit.tar_path, offsets[i] - BLOCK, offsets[j - 1] + sizes[j - 1], unit.direct)
 
     ahead = deque(read(s) for s in range(min(AHEAD, len(spans))))
     for s, (i, j) in enumerate(spans):
@@ -187,9 +188,10 @@ def write_unit(unit: Unit) -> tuple[str, int, int]:
             ahead.append(read(s + AHEAD))
         try:
             for k in range(i, j):
+                rel = offsets[k] - base
+                tarindex.check_header(unit.tar_path, view[rel - BLOCK : rel], offsets[k], unit.names[k], sizes[k])
                 image = unit.specials.get(k)
                 if image is None:
-                    rel = offsets[k] - base
                     image = view[rel : rel + sizes[k]]
                 out_fd = _outputs.get(unit.shard_paths[unit.shard_of[k]])
                 written += _write_record(out_fd, unit.dest[k], unit.names[k], unit.labels[k], image)
@@ -226,12 +228,11 @@ def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
     n = len(job.names)
 
     def image(k: int) -> bytes:
-        if k in job.specials:
-            return job.specials[k]
-        data = os.pread(fd, job.sizes[k], job.offsets[k])
-        if len(data) != job.sizes[k]:
+        data = os.pread(fd, BLOCK + job.sizes[k], job.offsets[k] - BLOCK)
+        if len(data) != BLOCK + job.sizes[k]:
             raise OSError(f"{job.tar_path}: short read at byte {job.offsets[k]}")
-        return data
+        tarindex.check_header(job.tar_path, data[:BLOCK], job.offsets[k], job.names[k], job.sizes[k])
+        return job.specials[k] if k in job.specials else data[BLOCK:]
 
     def examples() -> Iterator[tuple[int, bytes]]:
         with ThreadPoolExecutor(RANDOM_AHEAD, thread_name_prefix="imagenet-read") as pool:
