@@ -84,6 +84,7 @@ def test_long_names_leave_the_tar_or_that_inner_tar_to_the_engine() -> None:
 def test_truncated_stream_lists_nothing(sample_dir: Path) -> None:
     data = (sample_dir / imagenet.TAR_NAMES["validation"]).read_bytes()
     assert _record(data[: len(data) // 2], nested=False, chunk=4096) is None
+    assert _record(b"", nested=True, chunk=4096) == {0: []}  # (as the disk walk of an empty file)
 
 
 def test_saved_lists_load_only_while_the_tar_is_unchanged(sample_dir: Path, tmp_path: Path) -> None:

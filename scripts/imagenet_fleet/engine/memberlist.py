@@ -71,10 +71,14 @@ class Recorder:
     def __init__(self, size: int, nested: bool) -> None:
         self._inner: dict[int, Walk] = {}
         self._gen = _walker(0, size, self._inner if nested else None)
-        self._want: int | None = next(self._gen)
+        self._want: int | None = None
         self._fed = 0
         self._partial = bytearray()  # the start of the wanted header, when it began in an earlier chunk
         self._outer: Walk | None = None
+        try:
+            self._want = next(self._gen)
+        except StopIteration as done:  # (shorter than a header: nothing to read)
+            self._outer = done.value
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
