@@ -28,6 +28,7 @@ demo: venv
 lint: venv
 	$(BIN)/yamllint --strict .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/ansible-lint --profile production --strict
 
 pytest: venv

@@ -64,11 +64,11 @@ def differences(ours: Path, reference: Path, limit: int = 5) -> list[str]:
         if name in METADATA_FILES:
             continue
         count = 0
-        for count, (a, b) in enumerate(_zip_strict(iter_records(ours / name), iter_records(reference / name)), start=1):
-            if a is None or b is None:
+        for count, (ra, rb) in enumerate(_zip_strict(iter_records(ours / name), iter_records(reference / name)), 1):
+            if ra is None or rb is None:
                 out.append(f"{name}: different number of records (from record {count - 1})")
                 break
-            if a != b and canonical(a) != canonical(b):
+            if ra != rb and canonical(ra) != canonical(rb):
                 out.append(f"{name}: record {count - 1} differs")
                 break
         if len(out) >= limit:

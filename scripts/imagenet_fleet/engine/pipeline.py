@@ -384,17 +384,18 @@ class _Build:
         self.metadata = _Metadata(self.work_dir, self.version, self.file_format, self.clock)
         self.writes = schedule.Writes(self.pool, self.workers)
         while index.pending or self.writes.pending:
-            done, _ = wait(index.pending | self.writes.pending, return_when=FIRST_COMPLETED)
+            pending: set[Future[Any]] = index.pending | self.writes.pending
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 if future in index.pending:
-                    fetched, plan = index.take(future)  # type: ignore[arg-type]
+                    fetched, plan = index.take(future)
                     self.specials.submit(fetched)
                     if plan is not None:
                         self.plans.append(plan)
                         self._start(plan)
                 else:
                     try:
-                        self.writes.take(future)  # type: ignore[arg-type]
+                        self.writes.take(future)
                     except tarindex.ChangedTar as exc:  # (a member list that no longer holds: not used again)
                         memberlist.sidecar_path(Path(exc.path)).unlink(missing_ok=True)
                         raise

@@ -202,7 +202,7 @@ def _walk_tarfile(fd: int, chain: Chain) -> Walk:
     """Same as `_walk_fast`, by Python's tarfile (every header kind it knows)."""
     out: Walk = []
     try:
-        with tarfile.open(fileobj=_Window(fd, chain.start, chain.end), mode="r:") as tar:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=_Window(fd, chain.start, chain.end), mode="r:") as tar:  # type: ignore[call-overload]
             for member in tar:
                 if member.islnk() or member.issym():
                     raise TarError(

@@ -144,7 +144,9 @@ class Eager:
             cc.TFE_DeleteOp(op)
             for handle in inputs:
                 cc.TFE_DeleteTensorHandle(handle)
-        return int(out[0])
+        result = out[0]
+        assert result is not None  # (TFE_Execute succeeded: one output handle)
+        return int(result)
 
     def _set_attr(self, op: int, key: bytes, value: Any) -> None:
         cc = self._cc

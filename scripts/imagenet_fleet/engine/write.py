@@ -190,9 +190,8 @@ def write_unit(unit: Unit) -> tuple[str, int, int]:
             for k in range(i, j):
                 rel = offsets[k] - base
                 tarindex.check_header(unit.tar_path, view[rel - BLOCK : rel], offsets[k], unit.names[k], sizes[k])
-                image = unit.specials.get(k)
-                if image is None:
-                    image = view[rel : rel + sizes[k]]
+                special = unit.specials.get(k)
+                image = view[rel : rel + sizes[k]] if special is None else special
                 out_fd = _outputs.get(unit.shard_paths[unit.shard_of[k]])
                 written += _write_record(out_fd, unit.dest[k], unit.names[k], unit.labels[k], image)
         finally:
