@@ -22,46 +22,20 @@ from __future__ import annotations
 import json
 import logging
 from array import array
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from imagenet_fleet.atomic import atomic_write_bytes
-from imagenet_fleet.engine.tarindex import BLOCK, TarError, Walk, _blocks, _parse, _SlowPath, walk_item
+from imagenet_fleet.engine.tarindex import BLOCK, PastEnd, TarError, Walk, _SlowPath, walker
+from imagenet_fleet.manifest import hash_file
 
 log = logging.getLogger(__name__)
 
 FORMAT = "imagenet-fleet-members/1"
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
 
-_Walker = Generator[int, bytes, Walk]
-
-
 def sidecar_path(tar: Path) -> Path:
     return tar.with_name(f".{tar.name}.members")
-
-
-def _walker(start: int, end: int, inner: dict[int, Walk] | None) -> _Walker:
-    """`tarindex._walk_fast` turned inside out: yields the offset of the header it needs next, is sent its 512
-    bytes. With `inner`, every regular member named `*.tar` is walked as a tar too (into `inner`, by start)."""
-    out: Walk = []
-    pos = start
-    while pos + BLOCK <= end:
-        parsed = _parse((yield pos))
-        if parsed is None:
-            return out
-        name, size, kind = parsed
-        item = walk_item(name, pos + BLOCK, size, kind)
-        out.append(item)
-        if inner is not None and item[3] and name.endswith(".tar"):
-            try:
-                inner[item[1]] = yield from _walker(item[1], item[1] + size, None)
-            except (_SlowPath, TarError):
-                pass  # this inner tar's headers are left to the engine
-        pos += BLOCK + (_blocks(size) if item[3] else 0)
-    if pos > end:
-        raise TarError(f"member runs past the end of the archive at byte {end}", "stage the tar again")
-    return out
 
 
 class Recorder:
@@ -70,7 +44,7 @@ class Recorder:
 
     def __init__(self, size: int, nested: bool) -> None:
         self._inner: dict[int, Walk] = {}
-        self._gen = _walker(0, size, self._inner if nested else None)
+        self._gen = walker(0, size, self._inner if nested else None)
         self._want: int | None = None
         self._fed = 0
         self._partial = bytearray()  # the start of the wanted header, when it began in an earlier chunk
@@ -105,7 +79,7 @@ class Recorder:
             self._want = self._gen.send(block)
         except StopIteration as done:
             self._want, self._outer = None, done.value
-        except (_SlowPath, TarError):
+        except (_SlowPath, PastEnd):
             self._want = None  # not a tar the fast parser can list: the engine reads it itself
 
     def walks(self) -> dict[int, Walk] | None:
@@ -184,12 +158,8 @@ def load(tar: Path) -> MemberList | None:
     return MemberList(path, body, {int(k): v for k, v in head["sections"].items()})
 
 
-def record_file(tar: Path, nested: bool, chunk: int = 8 << 20) -> dict[int, Walk] | None:
-    """Read `tar` once and record its member lists (what staging does in its hash pass; tests, the bench)."""
+def record_file(tar: Path, nested: bool) -> dict[int, Walk] | None:
+    """Record `tar`'s member lists in a sha256 pass over it, as staging does (tests)."""
     recorder = Recorder(tar.stat().st_size, nested)
-    with open(tar, "rb", buffering=0) as fh:
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            recorder.feed(view[:n])
+    hash_file(tar, also=recorder.feed)
     return recorder.walks()

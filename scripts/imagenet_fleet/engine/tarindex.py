@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -151,29 +151,50 @@ class _Chunks:
         return self._buf[rel : rel + BLOCK]
 
 
-def walk_item(name: str, data_offset: int, size: int, kind: bytes) -> tuple[str, int, int, bool]:
-    return name, data_offset, size, kind in _REGULAR
+class PastEnd(Exception):
+    """A member runs past the end of its tar."""
 
 
-def _walk_fast(fd: int, chain: Chain) -> Walk:
-    """(tarfile name, absolute data offset, size, is_regular) of every member, by the fast parser."""
+def walker(start: int, end: int, inner: dict[int, Walk] | None = None) -> Generator[int, bytes, Walk]:
+    """The fast parser's walk of the tar at [start, end): yields the offset of each header it needs, is sent its
+    512 bytes, returns (tarfile name, absolute data offset, size, is_regular) of every member. Driven by reads
+    (`_walk_fast`) or by a stream going past (`memberlist.Recorder`). With `inner`, every regular member named
+    `*.tar` is walked as a tar too, into `inner` by its start (one this parser cannot walk is left out)."""
     out: Walk = []
-    pos = chain.start
-    read = _Chunks(fd, chain.end) if chain.flat else lambda at: os.pread(fd, BLOCK, at)
-    while pos + BLOCK <= chain.end:
-        buf = read(pos)
-        if len(buf) < BLOCK:
-            raise _member_error(chain.path, pos, "truncated header")
-        parsed = _parse(buf)
+    pos = start
+    while pos + BLOCK <= end:
+        parsed = _parse((yield pos))
         if parsed is None:
             return out
         name, size, kind = parsed
-        item = walk_item(name, pos + BLOCK, size, kind)
+        item = (name, pos + BLOCK, size, kind in _REGULAR)
         out.append(item)
+        if inner is not None and item[3] and name.endswith(".tar"):
+            try:
+                inner[item[1]] = yield from walker(item[1], item[1] + size)
+            except (_SlowPath, PastEnd):
+                pass  # this inner tar's headers are left to the engine's own walk
         pos += BLOCK + (_blocks(size) if item[3] else 0)
-    if pos > chain.end:
-        raise _member_error(chain.path, chain.end, "member runs past the end of the archive")
+    if pos > end:
+        raise PastEnd
     return out
+
+
+def _walk_fast(fd: int, chain: Chain) -> Walk:
+    """`walker` fed by reads of the chain's headers."""
+    read = _Chunks(fd, chain.end) if chain.flat else lambda at: os.pread(fd, BLOCK, at)
+    steps = walker(chain.start, chain.end)
+    try:
+        pos = next(steps)
+        while True:
+            buf = read(pos)
+            if len(buf) < BLOCK:
+                raise _member_error(chain.path, pos, "truncated header")
+            pos = steps.send(buf)
+    except StopIteration as done:
+        return done.value
+    except PastEnd:
+        raise _member_error(chain.path, chain.end, "member runs past the end of the archive") from None
 
 
 class _Window:
@@ -227,16 +248,6 @@ def walk(fd: int, chain: Chain) -> Walk:
         return _walk_tarfile(fd, chain)
 
 
-def _checksum_ok(raw: bytes) -> bool:
-    """tarfile's test: the stored checksum is the header's unsigned or signed byte sum (checksum field as spaces)."""
-    try:
-        stored = int(_nts(raw[148:156]).strip() or "0", 8)
-    except ValueError:
-        return False
-    unsigned = 256 + sum(raw) - sum(raw[148:156])
-    return stored == unsigned or stored == unsigned - 256 * sum(b > 127 for b in raw[:148] + raw[156:])
-
-
 def check_header(path: str, block: bytes | memoryview, offset: int, key: str, size: int) -> None:
     """The writers' check that the 512 bytes before an image (at `offset`) are its header as indexed: a valid
     header, of that size, under that name. A tar changed since its headers were read (or a stale member list)
@@ -250,14 +261,14 @@ def check_header(path: str, block: bytes | memoryview, offset: int, key: str, si
                 return  # the common case: a plain header holding the key itself
         except ValueError:
             pass
-    if _checksum_ok(raw):
-        try:
-            parsed = _parse(raw)
-        except _SlowPath:
-            return  # a valid header only tarfile reads (base-256 size...): the index went through tarfile
-        if parsed is not None and parsed[1] == size:
-            if normpath(parsed[0]) == key or len(name) >= 100 or not key.isascii():
-                return
+    try:
+        info = tarfile.TarInfo.frombuf(raw, _ENCODING, _ERRORS)  # (checksum checked, any number format)
+    except tarfile.HeaderError:
+        raise ChangedTar(path, offset, key, size) from None
+    if info.issparse():
+        return  # its size field is not the file's: the index read it through tarfile
+    if info.size == size and (normpath(info.name) == key or len(name) >= 100 or not key.isascii()):
+        return
     raise ChangedTar(path, offset, key, size)
 
 
