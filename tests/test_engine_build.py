@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_fleet import imagenet, sample
-from imagenet_fleet.engine import memberlist, pipeline
+from imagenet_fleet.engine import memberlist, pipeline, write
 from imagenet_fleet.engine.compare import differences
 from imagenet_fleet.errors import UserError
 
@@ -99,12 +99,16 @@ def test_tfds_reads_the_engine_build(engine_4_shards: Path) -> None:
 
 
 def test_byte_identical_across_runs_and_worker_counts(
-    special_sample: Path, engine_4_shards: Path, tmp_path: Path
+    special_sample: Path, engine_4_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # one worker, one record per work unit: a completely different schedule
     pipeline.build(special_sample, tmp_path / "d", VERSION, "tfrecord", 1, work_dir=tmp_path / "w", num_shards=4,
                 unit_bytes=1)  # fmt: skip
     assert digests(tmp_path / "d" / imagenet.DATASET / VERSION) == digests(engine_4_shards)
+    # three workers, the reads as short as on a host with hundreds of cores (`write.read_bytes`)
+    monkeypatch.setattr(write, "READ_BUDGET", 0)
+    pipeline.build(special_sample, tmp_path / "d3", VERSION, "tfrecord", 3, work_dir=tmp_path / "w", num_shards=4)
+    assert digests(tmp_path / "d3" / imagenet.DATASET / VERSION) == digests(engine_4_shards)
 
 
 def _copy_with_member_lists(sample_dir: Path, to: Path) -> Path:
@@ -309,6 +313,30 @@ def test_reencode_is_the_builders_fix_image(special_sample: Path) -> None:
     for name, data in items:
         assert ours[name] == builder._fix_image(name, io.BytesIO(data)).read(), name
     assert sum(ours[name] != data for name, data in items) == 23
+
+
+def test_the_reencoding_helper_is_closed_once_its_images_are_back(special_sample: Path) -> None:
+    """Its TF kernels hold ~300 MB: the build lets it go as soon as its batch is converted, not when the train split
+    is laid out (at ILSVRC2012's size, after the index's memory peak)."""
+    import tarfile
+
+    from imagenet_fleet.engine import special
+
+    names = special.special_names()
+    images: dict[str, bytes] = {}
+    with tarfile.open(special_sample / imagenet.TAR_NAMES["train"]) as outer:
+        for member in outer:
+            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+                images.update((m.name, inner.extractfile(m).read()) for m in inner if m.name in names)  # type: ignore[union-attr]
+    specials = pipeline._Specials()
+    try:
+        specials.submit(images)
+        converter = specials._converter
+        assert converter is not None
+        assert sorted(specials._batches[0].result(timeout=300)) == sorted(names)
+        assert specials._converter is None and converter._proc.poll() is not None  # the helper has exited
+    finally:
+        specials.close()
 
 
 def test_a_special_image_tf_cannot_decode_is_one_user_error() -> None:

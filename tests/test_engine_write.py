@@ -16,7 +16,7 @@ def test_reads_return_the_exact_ranges(tmp_path: Path, direct: bool) -> None:
     path = tmp_path / "blob"
     data = os.urandom(3 * write.READ_BYTES // 2 + 1234)  # (not a multiple of the alignment)
     path.write_bytes(data)
-    reader = write._Reader()
+    reader = write._Reader(write.READ_BYTES)
     rng = random.Random(7)
     ranges = [(0, 1), (1, 4097), (4095, 4097), (len(data) - 10, len(data)), (100, 100 + write.READ_BYTES + 5)]
     ranges.append((0, len(data)))  # larger than a read buffer (an image over READ_BYTES)
@@ -35,4 +35,13 @@ def test_a_short_file_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "short"
     path.write_bytes(b"x" * 5000)
     with pytest.raises(OSError, match="short read"):
-        write._Reader().read(str(path), 4000, 6000, True).result()
+        write._Reader(write.READ_BYTES).read(str(path), 4000, 6000, True).result()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 8, 9, 16, 64, 512])
+def test_read_buffers_stay_within_the_budget_on_many_cores(workers: int) -> None:
+    size = write.read_bytes(workers)
+    assert size % write.ALIGN == 0 and (1 << 20) <= size <= write.READ_BYTES
+    assert workers * (write.AHEAD + 1) * size <= max(write.READ_BUDGET, workers * (write.AHEAD + 1) << 20)
+    if workers <= 8:
+        assert size == write.READ_BYTES  # (this machine's 2 cores read as before)

@@ -8,7 +8,9 @@ The tars look like the real ones to TFDS's imagenet2012 builder (see ENVIRONMENT
 Every image is a realistic textured JPEG (~110 KB on average, typical ImageNet sizes) that carries its source
 synset in a JPEG comment (`synset=n01440764 file=<name>`), so a test can check a built example's label against the
 image it came from. `special=True` adds TFDS's CMYK and PNG special-case names as real CMYK JPEG / real PNG bytes in
-their own synsets' inner tars. The output is byte-for-byte deterministic for a seed.
+their own synsets' inner tars. `tiny=True` makes every image 8x8 pixels instead: ILSVRC2012's 1.33M members fit in
+~2 GB, for measuring what grows with the member count (the engine's memory, its per-record CPU). The output is
+byte-for-byte deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SIZES: tuple[tuple[int, int], ...] = (
 TAR_MTIME = 1_335_830_400  # 2012-05-01, fixed so the tars are byte-for-byte reproducible
 NOISE_AMPLITUDE = 36
 JPEG_QUALITY = 90
+TINY = ((8, 8),)
 MAX_BASE_IMAGES = 128  # distinct renders (~10 ms each); every file still differs by its comment
 
 
@@ -51,6 +54,7 @@ class SampleSpec:
     test_images: int = 0
     special: bool = False
     seed: int = 0
+    tiny: bool = False  # 8x8 images (~700 bytes): ILSVRC2012's member count in ~1/60 of its bytes (memory, CPU)
 
     def validate(self) -> None:
         if not 0 <= self.classes <= imagenet.NUM_CLASSES:
@@ -94,12 +98,12 @@ def train_layout(spec: SampleSpec) -> dict[str, list[str]]:
 class Renderer:
     """Renders textured images: a few distinct bases, each output made unique by its comment (cheap)."""
 
-    def __init__(self, seed: int, bases: int) -> None:
+    def __init__(self, seed: int, bases: int, sizes: tuple[tuple[int, int], ...] = SIZES) -> None:
         import numpy as np
 
         self._np = np
         self._rng = np.random.default_rng(seed)
-        self._pixels = [self._render(SIZES[i % len(SIZES)]) for i in range(max(1, bases))]
+        self._pixels = [self._render(sizes[i % len(sizes)]) for i in range(max(1, bases))]
         self._jpegs = [self._encode(p) for p in self._pixels]
 
     def _render(self, size: tuple[int, int]) -> Any:
@@ -221,7 +225,7 @@ def make_sample(out: Path, spec: SampleSpec) -> dict[str, Any]:
     val_synsets = imagenet.validation_labels()
     val = [(imagenet.val_name(i), val_synsets[i - 1]) for i in range(1, spec.val_images + 1)]
     total = sum(map(len, layout.values())) + len(val) + spec.test_images
-    renderer = Renderer(spec.seed, min(total, 8 + total // 8, MAX_BASE_IMAGES))
+    renderer = Renderer(spec.seed, min(total, 8 + total // 8, MAX_BASE_IMAGES), TINY if spec.tiny else SIZES)
     # Test images have no label; each still records the synset it was rendered "of", drawn from the seed.
     test_rng = random.Random(spec.seed)
     names = imagenet.label_names()
@@ -264,10 +268,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-images", type=int, default=0, help="test images (default 0: no test tar)")
     parser.add_argument("--special", action="store_true", help="add TFDS's CMYK and PNG special-case images")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="8x8-pixel images: a sample with ILSVRC2012's member count in a few GB")  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    spec = SampleSpec(args.classes, args.images_per_class, args.val_images, args.test_images, args.special, args.seed)
+    spec = SampleSpec(
+        args.classes, args.images_per_class, args.val_images, args.test_images, args.special, args.seed, args.tiny
+    )
     return cli.run(lambda: make_sample(args.out, spec))

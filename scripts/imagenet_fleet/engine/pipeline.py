@@ -32,7 +32,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -121,40 +121,38 @@ def _train_chains(
     return chains, synsets
 
 
+def _joined(parts: list[tarindex.ChainIndex], name: str) -> np.ndarray:
+    """One int64 array of the parts' arrays `name`, end to end."""
+    arrays = [np.asarray(getattr(part, name), dtype=np.int64) for part in parts]
+    return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+
+
 def _plan_from(split: str, path: str, parts: list[tarindex.ChainIndex], labels: list[int] | None = None) -> SplitPlan:
-    names: list[str] = []
-    offsets: list[int] = []
-    sizes: list[int] = []
-    digests: list[bytes] = []
-    rec: list[int] = []
-    for part in parts:
-        names += part.names
-        offsets += part.offsets
-        sizes += part.sizes
-        digests += part.digests
-        rec += part.record_sizes
+    names = [name for part in parts for name in part.names]
     n = len(names)
     if labels is None:
-        labels = []
-        for part in parts:
-            if part.label is None:
-                raise ValueError("a chain without labels needs explicit labels")
-            labels += [part.label] * len(part.names)
-    label_array = np.asarray(labels, dtype=np.int64)
+        if any(part.label is None for part in parts):
+            raise ValueError("a chain without labels needs explicit labels")
+        label_array = np.repeat([part.label for part in parts], [len(part.names) for part in parts]).astype(np.int64)
+    else:
+        label_array = np.asarray(labels, dtype=np.int64)
+    sizes = _joined(parts, "sizes")
+    rec = _joined(parts, "record_sizes")
     if len(rec) != n:
-        rec = [
-            records.record_size(name, int(label), size)
-            for name, label, size in zip(names, label_array, sizes, strict=True)
-        ]
+        rec = np.fromiter(
+            (records.record_size(name, label, size)
+             for name, label, size in zip(names, label_array.tolist(), sizes.tolist(), strict=True)),
+            dtype=np.int64, count=n,
+        )  # fmt: skip
     return SplitPlan(
         split=split,
         tar_path=path,
         names=names,
-        offsets=np.asarray(offsets, dtype=np.int64),
-        sizes=np.asarray(sizes, dtype=np.int64),
+        offsets=_joined(parts, "offsets"),
+        sizes=sizes,
         labels=label_array,
-        digests=np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(n, 16),
-        record_sizes=np.asarray(rec, dtype=np.int64),
+        digests=np.frombuffer(b"".join(part.digests for part in parts), dtype=np.uint8).reshape(n, 16),
+        record_sizes=rec,
     )
 
 
@@ -179,21 +177,40 @@ def _validation_labels(path: str, index: tarindex.ChainIndex) -> list[int]:
 class _Specials:
     """The train split's CMYK/PNG images, re-encoded as TFDS does by a helper process that loads TF's kernels while
     the disk works. The index reads those images' bytes with their headers, the tars of their synsets first, so
-    they are converted while the rest of the train tar is indexed."""
+    they are converted while the rest of the train tar is indexed. A thread collects each batch as soon as it is
+    converted, and the helper is closed once none is pending: its TF kernels hold ~300 MB, gone well before the
+    index's own memory peaks (a later batch, from a tar that holds a special image outside its synset, starts a
+    new one)."""
 
     def __init__(self) -> None:
         self._converter: special.Converter | None = None
-        self._submitted = 0
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._collector = ThreadPoolExecutor(1, thread_name_prefix="imagenet-special")
+        self._batches: list[Future[dict[str, bytes]]] = []
 
     def start(self) -> None:
-        self._converter = self._converter or special.Converter()
+        with self._lock:
+            self._converter = self._converter or special.Converter()
 
     def submit(self, images: dict[str, bytes]) -> None:
-        if images:
-            self.start()
-            assert self._converter is not None
-            self._converter.submit(sorted(images.items()))
-            self._submitted += 1
+        if not images:
+            return
+        with self._lock:
+            self._converter = converter = self._converter or special.Converter()
+            converter.submit(sorted(images.items()))
+            self._pending += 1
+        self._batches.append(self._collector.submit(self._collect, converter))
+
+    def _collect(self, converter: special.Converter) -> dict[str, bytes]:
+        try:
+            return converter.result()  # (batches are collected in the order they were submitted, as sent)
+        finally:
+            with self._lock:
+                self._pending -= 1
+                if not self._pending and self._converter is converter:
+                    converter.close()
+                    self._converter = None
 
     def apply(self, plan: SplitPlan) -> int:
         """Put the re-encoded images and their record sizes into the train plan; returns how many. (Every train
@@ -202,10 +219,8 @@ class _Specials:
         wanted = [i for i, name in enumerate(plan.names) if name in names]
         try:
             fixed: dict[str, bytes] = {}
-            while self._submitted:
-                assert self._converter is not None
-                fixed.update(self._converter.result())
-                self._submitted -= 1
+            for batch in self._batches:
+                fixed.update(batch.result())
         finally:
             self.close()
         for i in wanted:
@@ -214,10 +229,12 @@ class _Specials:
         return len(wanted)
 
     def close(self) -> None:
-        if self._converter is not None:
-            self._converter.close()
-            self._converter = None
-            self._submitted = 0
+        with self._lock:
+            converter, self._converter = self._converter, None
+        if converter is not None:
+            converter.close()  # (a collector blocked on it gets an error now)
+        self._collector.shutdown(wait=True)
+        self._batches = []
 
 
 class _Metadata:
@@ -307,7 +324,8 @@ class _Index:
         split = task[0].split
         if len(self._parts[split]) < self._count[split]:
             return fetched, None
-        parts = [self._parts[split][start] for start in sorted(self._parts[split])]
+        by_start = self._parts.pop(split)  # (not kept: at ILSVRC2012's size the plan alone is ~200 MB)
+        parts = [by_start[start] for start in sorted(by_start)]
         path = str(self._tars[split])
         labels = _validation_labels(path, parts[0]) if split == "validation" else None
         return fetched, _plan_from(split, path, parts, labels)
@@ -424,14 +442,15 @@ class _Build:
 
     def _work(
         self, plan: SplitPlan, paths: list[str]
-    ) -> tuple[list[write.Unit | write.ShardJob], list[write.Unit | write.ShardJob], journal.Journal]:
+    ) -> tuple[list[schedule.Work], list[schedule.Work], journal.Journal]:
         """The split's work (all of it, and what is left of it) and its journal; TFRecord shards preallocated."""
         fp = fingerprint(plan, self.version, self.file_format)
         split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp)
         if self.file_format == "array_record":  # a job writes its shard whole or not at all
             jobs = schedule.shard_jobs(plan, paths)
-            todo = [job for job in jobs if job.key not in split_journal.done or not os.path.exists(job.path)]
-            return list(jobs), list(todo), split_journal
+            todo = [job for job, path in zip(jobs, paths, strict=True)
+                    if job.key not in split_journal.done or not os.path.exists(path)]  # fmt: skip
+            return jobs, todo, split_journal
         if split_journal.resumed and not all(os.path.exists(path) for path in paths):
             split_journal.close()  # some shard files are gone: start over
             split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp, fresh=True)
@@ -440,8 +459,8 @@ class _Build:
                 write.preallocate(path, size)
         # O_DIRECT for a tar the index did not read (the train tar; a listed one): no page cache for bytes read once
         direct = plan.split == "train" or plan.split in self.index.staged
-        units = schedule.make_units(plan, paths, self.unit_bytes, direct)
-        return list(units), [unit for unit in units if unit.key not in split_journal.done], split_journal
+        units = schedule.make_units(plan, paths, self.unit_bytes, direct, self.workers)
+        return units, [unit for unit in units if unit.key not in split_journal.done], split_journal
 
     def _finish(self) -> None:
         """5. Every shard on disk (fdatasync'd by the workers; an ArrayRecord shard job syncs its own file), TFDS's

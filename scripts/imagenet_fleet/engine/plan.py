@@ -126,17 +126,17 @@ def lay_out(plan: SplitPlan, num_shards: int | None, file_format: str) -> None:
     plan.shard_names = [shard_name(plan.split, file_format, i, num_shards) for i in range(num_shards)]
 
 
-def units(plan: SplitPlan, unit_bytes: int) -> list[np.ndarray]:
-    """Cut the records (tar order) into runs of about `unit_bytes` of tar: the writers' work units, as arrays of
-    record indices."""
+def units(plan: SplitPlan, unit_bytes: int) -> list[tuple[int, int]]:
+    """Cut the records (tar order) into runs of about `unit_bytes` of tar: the writers' work units, as [start, end)
+    ranges of record indices."""
     offsets = plan.offsets
-    out: list[np.ndarray] = []
+    out: list[tuple[int, int]] = []
     start = 0
     n = len(plan)
     while start < n:
         end = int(np.searchsorted(offsets, offsets[start] + unit_bytes, side="left"))
         end = max(end, start + 1)
-        out.append(np.arange(start, end, dtype=np.int64))
+        out.append((start, end))
         start = end
     return out
 

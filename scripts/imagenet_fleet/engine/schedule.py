@@ -3,11 +3,13 @@ shard jobs (a shard's records in TFDS's order), and the queue that keeps them fl
 
 from __future__ import annotations
 
+import functools
 import os
 from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,37 +35,46 @@ def records_of(plan: SplitPlan, sel: np.ndarray) -> dict[str, Any]:
     }
 
 
-def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct: bool) -> list[write.Unit]:
+@dataclass(frozen=True)
+class Work:
+    """A work unit or shard job by its journal key, made only when it is handed to a worker: each carries its
+    records' names and numbers, and ILSVRC2012's made all at once would hold ~100 MB until the end."""
+
+    key: str
+    make: Callable[[], write.Unit | write.ShardJob]
+
+
+def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct: bool, workers: int) -> list[Work]:
     # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
     drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    out = []
-    for sel in units(plan, unit_bytes):
-        out.append(
-            write.Unit(
-                key=f"A:{plan.split}:{int(sel[0])}",
-                tar_path=plan.tar_path,
-                shard_paths=shard_paths,
-                shard_of=ints(plan.shard_of[sel]),
-                dest=ints(plan.dest[sel]),
-                drop=drop,
-                direct=direct,
-                **records_of(plan, sel),
-            )
+
+    def unit(sel: np.ndarray) -> write.Unit:
+        return write.Unit(
+            key=f"A:{plan.split}:{int(sel[0])}",
+            tar_path=plan.tar_path,
+            shard_paths=shard_paths,
+            shard_of=ints(plan.shard_of[sel]),
+            dest=ints(plan.dest[sel]),
+            drop=drop,
+            direct=direct,
+            read_bytes=write.read_bytes(workers),
+            **records_of(plan, sel),
         )
-    return out
+
+    return [Work(f"A:{plan.split}:{start}", functools.partial(unit, np.arange(start, end)))
+            for start, end in units(plan, unit_bytes)]  # fmt: skip
 
 
-def shard_jobs(plan: SplitPlan, paths: list[str]) -> list[write.ShardJob]:
+def shard_jobs(plan: SplitPlan, paths: list[str]) -> list[Work]:
     """ArrayRecord: a job per shard, its records in TFDS's order."""
     order = np.argsort(plan.rank, kind="stable")  # tar-order indices, in TFDS's order
     ends = np.cumsum(plan.shard_lengths)
-    jobs = []
-    for k, path in enumerate(paths):
+
+    def job(k: int) -> write.ShardJob:
         sel = order[ends[k] - plan.shard_lengths[k] : ends[k]]
-        jobs.append(
-            write.ShardJob(key=f"S:{plan.split}:{k}", tar_path=plan.tar_path, path=path, **records_of(plan, sel))
-        )
-    return jobs
+        return write.ShardJob(key=f"S:{plan.split}:{k}", tar_path=plan.tar_path, path=paths[k], **records_of(plan, sel))
+
+    return [Work(f"S:{plan.split}:{k}", functools.partial(job, k)) for k in range(len(paths))]
 
 
 class Writes:
@@ -72,13 +83,13 @@ class Writes:
 
     def __init__(self, pool: ProcessPoolExecutor, workers: int) -> None:
         self._pool, self._limit = pool, 2 * workers
-        self._queue: deque[tuple[write.Unit | write.ShardJob, Journal]] = deque()
+        self._queue: deque[tuple[Work, Journal]] = deque()
         self._running: dict[Future[tuple[str, int, int]], Journal] = {}
         self._left: dict[Journal, int] = {}  # a split's journal -> its units not written yet
         self._when_done: dict[Journal, Callable[[], None]] = {}
         self.written = 0
 
-    def add(self, todo: list[write.Unit | write.ShardJob], journal: Journal, when_done: Callable[[], None]) -> None:
+    def add(self, todo: list[Work], journal: Journal, when_done: Callable[[], None]) -> None:
         if not todo:
             when_done()
             return
@@ -88,8 +99,8 @@ class Writes:
 
     def _top_up(self) -> None:
         while self._queue and len(self._running) < self._limit:
-            unit, journal = self._queue.popleft()
-            self._running[self._pool.submit(write.run, unit)] = journal
+            work, journal = self._queue.popleft()
+            self._running[self._pool.submit(write.run, work.make())] = journal
 
     @property
     def pending(self) -> set[Future[tuple[str, int, int]]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from array import array
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,13 +64,15 @@ class Chain:
 
 @dataclass
 class ChainIndex:
-    """Regular members of a chain in tar order (absolute data offsets), with TFDS's hash of each key."""
+    """Regular members of a chain in tar order (absolute data offsets), with TFDS's hash of each key. Numbers are
+    kept in plain arrays, not lists of ints: ILSVRC2012's train split has 1.28M members, and these travel from the
+    index workers to the build's process and are held there until the split is laid out."""
 
     names: list[str] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    digests: list[bytes] = field(default_factory=list)  # md5(split + key): TFDS's shuffle key, big-endian
-    record_sizes: list[int] = field(default_factory=list)  # empty when the label is not known yet
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+    sizes: array[int] = field(default_factory=lambda: array("q"))
+    digests: bytearray = field(default_factory=bytearray)  # 16 bytes a member, md5(split + key): TFDS's shuffle key
+    record_sizes: array[int] = field(default_factory=lambda: array("q"))  # empty when the label is not known yet
     raw_names: list[str] = field(default_factory=list)  # every member's tarfile name (validation labels)
     label: int | None = None  # the chain's label, when it has one for all its members
     fetched: dict[str, bytes] = field(default_factory=dict)  # the image bytes of the chain's `fetch` keys
@@ -297,7 +300,7 @@ def index_chain(fd: int, chain: Chain) -> ChainIndex:
         index.names.append(key)
         index.offsets.append(offset)
         index.sizes.append(size)
-        index.digests.append(hash_digest(chain.split, key))
+        index.digests += hash_digest(chain.split, key)
         if chain.label is not None:
             index.record_sizes.append(records.record_size(key, chain.label, size))
         if key in chain.fetch:

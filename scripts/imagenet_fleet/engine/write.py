@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from imagenet_fleet.engine import records, tarindex
 
 READ_BYTES = 8 << 20  # one read covers up to this much of the tar (a larger image gets a read of its own)
+READ_BUDGET = 192 << 20  # the read buffers of all the workers together: reads get shorter past 8 workers
 MAX_OPEN_SHARDS = 256
 BLOCK = 512
 ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to this
@@ -54,6 +55,7 @@ class Unit:
     # write pass took 37 s without this, 19 s with it)
     drop: bool = False
     direct: bool = False  # read with O_DIRECT (a tar the index did not read: the train tar)
+    read_bytes: int = READ_BYTES  # (`read_bytes(workers)`)
 
 
 class _Files:
@@ -98,7 +100,7 @@ def _write_record(out_fd: int, dest: int, name: str, label: int, image: bytes | 
 
 
 def _spans(unit: Unit) -> list[tuple[int, int]]:
-    """The unit's reads: (first, end) record ranges, each read spanning at most READ_BYTES (or one image)."""
+    """The unit's reads: (first, end) record ranges, each read spanning at most `read_bytes` (or one image)."""
     offsets, sizes, n = unit.offsets, unit.sizes, len(unit.offsets)
     out = []
     i = 0
@@ -107,7 +109,7 @@ def _spans(unit: Unit) -> list[tuple[int, int]]:
         j = i + 1
         while (
             j < n
-            and offsets[j] + sizes[j] - start <= READ_BYTES
+            and offsets[j] + sizes[j] - start <= unit.read_bytes
             and offsets[j] - offsets[j - 1] - sizes[j - 1] <= MAX_GAP
         ):
             j += 1
@@ -122,9 +124,10 @@ class _Reader:
     without the page cache (whose insertion, copy and later reclaim cost most of the kernel's CPU per image: the
     tar is read once and never again); the flat tars, whose bytes the index has just read, through the cache."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_bytes: int) -> None:
+        self.read_bytes = read_bytes
         self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="imagenet-read")
-        self._buffers = [mmap.mmap(-1, READ_BYTES + 2 * ALIGN) for _ in range(AHEAD + 1)]
+        self._buffers = [mmap.mmap(-1, read_bytes + 2 * ALIGN) for _ in range(AHEAD + 1)]
         self._direct: dict[str, int | None] = {}
         self._turn = 0
 
@@ -137,6 +140,11 @@ class _Reader:
         fd = self._direct.get(path) if direct else None
         return (fd, True) if fd is not None else (_inputs.get(path), False)
 
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for buf in self._buffers:
+            buf.close()
+
     def read(self, path: str, start: int, end: int, direct: bool) -> Future[tuple[memoryview, int]]:
         """[start, end) of the file, as (view, offset of the view's first byte) once read."""
         buf = self._buffers[self._turn]  # (the span read AHEAD + 1 reads ago is written by now)
@@ -148,7 +156,7 @@ class _Reader:
         base = start - start % ALIGN if direct else start
         length = (end - base + ALIGN - 1) // ALIGN * ALIGN if direct else end - base
         if length > len(buf):
-            buf = mmap.mmap(-1, length)  # (one image larger than READ_BYTES)
+            buf = mmap.mmap(-1, length)  # (one image larger than a read)
         view = memoryview(buf)[:length]
         try:
             got = os.preadv(fd, [view], base)
@@ -170,8 +178,10 @@ _reader: _Reader | None = None
 def write_unit(unit: Unit) -> tuple[str, int, int]:
     """Write every record of the unit; returns (key, records, bytes written)."""
     global _reader
-    if _reader is None:
-        _reader = _Reader()
+    if _reader is None or _reader.read_bytes != unit.read_bytes:
+        if _reader is not None:
+            _reader.close()
+        _reader = _Reader(unit.read_bytes)
     offsets, sizes = unit.offsets, unit.sizes
     spans = _spans(unit)
     written = 0
@@ -251,6 +261,12 @@ def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
         os.close(out)
     os.replace(partial, job.path)
     return job.key, n, size
+
+
+def read_bytes(workers: int) -> int:
+    """How much one read covers: 8 MB, less once `workers` x (AHEAD + 1) buffers of it would pass READ_BUDGET (the
+    workers' memory stays bounded on a host with many cores), 1 MB at least."""
+    return max(1 << 20, min(READ_BYTES, READ_BUDGET // (workers * (AHEAD + 1))) // ALIGN * ALIGN)
 
 
 def run(job: Unit | ShardJob) -> tuple[str, int, int]:
