@@ -101,8 +101,9 @@ def _train_plan(sizes: np.ndarray, record_sizes: np.ndarray) -> plan.SplitPlan:
     n = len(sizes)
     digests = b"".join(tarindex.hash_digest("train", f"k{i}") for i in range(n))
     return plan.SplitPlan(
-        split="train", tar_path="x", names=[f"k{i}" for i in range(n)], offsets=np.arange(n, dtype=np.int64),
-        sizes=sizes, labels=np.zeros(n, np.int64), digests=np.frombuffer(digests, np.uint8).reshape(n, 16),
+        split="train", tar_path="x", names=plan.Names.of(f"k{i}" for i in range(n)),
+        offsets=np.arange(n, dtype=np.int64), sizes=sizes, labels=np.zeros(n, np.int64),
+        digests=np.frombuffer(digests, np.uint8).reshape(n, 16),
         record_sizes=record_sizes,
     )  # fmt: skip
 
@@ -172,3 +173,21 @@ def test_record_size_is_computed_without_building_the_record(name: str) -> None:
         for size in edges:
             prefix, suffix = records.example_parts(name, label, size)
             assert records.record_size(name, label, size) == len(prefix) + size + len(suffix)
+
+
+def test_names_hold_every_key_in_one_blob() -> None:
+    first = ["n01440764_1.JPEG", "caf\udce9.JPEG"]  # (a name tarfile decoded with surrogateescape)
+    second = ["x" * 300, "n01440764_22.JPEG"]
+    parts = []
+    for keys in (first, second):
+        part = tarindex.ChainIndex()
+        for key in keys:
+            part.add_name(key)
+        assert part.names == keys
+        parts.append(part)
+    names = plan.Names.join(parts)
+    assert len(names) == 4
+    assert names.take(range(4)) == first + second
+    assert names.take([3, 0]) == [second[1], first[0]]
+    assert names[1] == first[1]
+    assert plan.Names.of(first + second).take(range(4)) == first + second

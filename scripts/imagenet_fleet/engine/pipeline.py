@@ -41,7 +41,7 @@ import numpy as np
 from imagenet_fleet import imagenet
 from imagenet_fleet.atomic import fsync_dir
 from imagenet_fleet.engine import journal, memberlist, procs, records, schedule, special, tarindex, write
-from imagenet_fleet.engine.plan import SplitPlan, fingerprint, lay_out
+from imagenet_fleet.engine.plan import Names, SplitPlan, fingerprint, lay_out
 from imagenet_fleet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,19 @@ def _joined(parts: list[tarindex.ChainIndex], name: str) -> np.ndarray:
 
 
 def _plan_from(split: str, path: str, parts: list[tarindex.ChainIndex], labels: list[int] | None = None) -> SplitPlan:
-    names = [name for part in parts for name in part.names]
+    names = Names.join(parts)
     n = len(names)
+    fetched_at: dict[str, int] = {}
+    base = 0
+    for part in parts:
+        if part.fetched:  # (where the images the index read are: the CMYK/PNG ones)
+            fetched_at.update((name, base + i) for i, name in enumerate(part.names) if name in part.fetched)
+        base += len(part.name_ends)
     if labels is None:
         if any(part.label is None for part in parts):
             raise ValueError("a chain without labels needs explicit labels")
-        label_array = np.repeat([part.label for part in parts], [len(part.names) for part in parts]).astype(np.int64)
+        counts = [len(part.name_ends) for part in parts]
+        label_array = np.repeat([part.label for part in parts], counts).astype(np.int64)
     else:
         label_array = np.asarray(labels, dtype=np.int64)
     sizes = _joined(parts, "sizes")
@@ -141,7 +148,7 @@ def _plan_from(split: str, path: str, parts: list[tarindex.ChainIndex], labels: 
     if len(rec) != n:
         rec = np.fromiter(
             (records.record_size(name, label, size)
-             for name, label, size in zip(names, label_array.tolist(), sizes.tolist(), strict=True)),
+             for name, label, size in zip(names.take(range(n)), label_array.tolist(), sizes.tolist(), strict=True)),
             dtype=np.int64, count=n,
         )  # fmt: skip
     return SplitPlan(
@@ -153,6 +160,7 @@ def _plan_from(split: str, path: str, parts: list[tarindex.ChainIndex], labels: 
         labels=label_array,
         digests=np.frombuffer(b"".join(part.digests for part in parts), dtype=np.uint8).reshape(n, 16),
         record_sizes=rec,
+        fetched_at=fetched_at,
     )
 
 
@@ -216,16 +224,16 @@ class _Specials:
         """Put the re-encoded images and their record sizes into the train plan; returns how many. (Every train
         chain reads the special images it holds, whatever its synset.) The helper is gone afterwards."""
         names = special.special_names()
-        wanted = [i for i, name in enumerate(plan.names) if name in names]
+        wanted = {name: i for name, i in plan.fetched_at.items() if name in names}
         try:
             fixed: dict[str, bytes] = {}
             for batch in self._batches:
                 fixed.update(batch.result())
         finally:
             self.close()
-        for i in wanted:
-            plan.specials[i] = fixed[plan.names[i]]
-            plan.record_sizes[i] = records.record_size(plan.names[i], int(plan.labels[i]), len(plan.specials[i]))
+        for name, i in wanted.items():
+            plan.specials[i] = fixed[name]
+            plan.record_sizes[i] = records.record_size(name, int(plan.labels[i]), len(plan.specials[i]))
         return len(wanted)
 
     def close(self) -> None:
@@ -402,24 +410,32 @@ class _Build:
         self.metadata = _Metadata(self.work_dir, self.version, self.file_format, self.clock)
         self.writes = schedule.Writes(self.pool, self.workers)
         while index.pending or self.writes.pending:
-            pending: set[Future[Any]] = index.pending | self.writes.pending
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                if future in index.pending:
-                    fetched, plan = index.take(future)
-                    self.specials.submit(fetched)
-                    if plan is not None:
-                        self.plans.append(plan)
-                        self._start(plan)
-                else:
-                    try:
-                        self.writes.take(future)
-                    except tarindex.ChangedTar as exc:  # (a member list that no longer holds: not used again)
-                        memberlist.sidecar_path(Path(exc.path)).unlink(missing_ok=True)
-                        raise
+            ready = self._wait()
+            for plan in ready:  # (once the finished index tasks, with their results, are let go)
+                self.plans.append(plan)
+                self._start(plan)
         self.clock.mark("written")
         self.plans.sort(key=lambda p: imagenet.SPLITS.index(p.split))
         self.clock.lap("index+write")
+
+    def _wait(self) -> list[SplitPlan]:
+        """Take what the workers finished next; returns the splits whose index is complete."""
+        index, ready = self.index, []
+        pending: set[Future[Any]] = index.pending | self.writes.pending
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            if future in index.pending:
+                fetched, plan = index.take(future)
+                self.specials.submit(fetched)
+                if plan is not None:
+                    ready.append(plan)
+            else:
+                try:
+                    self.writes.take(future)
+                except tarindex.ChangedTar as exc:  # (a member list that no longer holds: not used again)
+                    memberlist.sidecar_path(Path(exc.path)).unlink(missing_ok=True)
+                    raise
+        return ready
 
     def _start(self, plan: SplitPlan) -> None:
         """A split's index is in: 2. its special images, 3. its layout, 4. its writes."""
@@ -435,6 +451,7 @@ class _Build:
         self.counts["todo"] += len(todo)
         log.info("engine: %s laid out (%d records, %d shards): writing %d units of %d",
                  plan.split, len(plan), plan.num_shards, len(todo), len(every))  # fmt: skip
+        procs.release_free_memory()  # (the index parts and the layout's temporaries are gone now)
         if self.before_write is not None:
             self.before_write(plan.tar_path)
         self.clock.mark(f"{plan.split} laid out")

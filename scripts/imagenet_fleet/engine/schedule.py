@@ -27,7 +27,7 @@ def ints(values: np.ndarray) -> array[int]:
 def records_of(plan: SplitPlan, sel: np.ndarray) -> dict[str, Any]:
     """The records `sel` (indices in tar order) as a worker gets them: plain arrays, the special images' bytes."""
     return {
-        "names": [plan.names[i] for i in sel],
+        "names": plan.names.take(sel),
         "offsets": ints(plan.offsets[sel]),
         "sizes": ints(plan.sizes[sel]),
         "labels": ints(plan.labels[sel]),
@@ -48,7 +48,8 @@ def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct:
     # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
     drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
-    def unit(sel: np.ndarray) -> write.Unit:
+    def unit(start: int, end: int) -> write.Unit:
+        sel = np.arange(start, end)
         return write.Unit(
             key=f"A:{plan.split}:{int(sel[0])}",
             tar_path=plan.tar_path,
@@ -61,7 +62,7 @@ def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct:
             **records_of(plan, sel),
         )
 
-    return [Work(f"A:{plan.split}:{start}", functools.partial(unit, np.arange(start, end)))
+    return [Work(f"A:{plan.split}:{start}", functools.partial(unit, start, end))
             for start, end in units(plan, unit_bytes)]  # fmt: skip
 
 

@@ -30,8 +30,8 @@ _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\x00", b"7")  # tarfile.REGULAR_TYPES without sparse ('S' goes to the slow path)
 _NO_DATA = (b"3", b"4", b"5", b"6")  # char/block device, directory, fifo: tarfile skips no data for these
 _LINKS = (b"1", b"2")
-_ENCODING = "utf-8"
-_ERRORS = "surrogateescape"  # tarfile's defaults on Linux
+ENCODING = "utf-8"
+ERRORS = "surrogateescape"  # tarfile's defaults on Linux
 CHAIN_THREADS = 32
 FLAT_CHUNK = 4 << 20
 
@@ -68,7 +68,8 @@ class ChainIndex:
     kept in plain arrays, not lists of ints: ILSVRC2012's train split has 1.28M members, and these travel from the
     index workers to the build's process and are held there until the split is laid out."""
 
-    names: list[str] = field(default_factory=list)
+    name_blob: bytearray = field(default_factory=bytearray)  # the keys, encoded as tarfile decoded them, end to end
+    name_ends: array[int] = field(default_factory=lambda: array("q"))  # where each key ends in name_blob
     offsets: array[int] = field(default_factory=lambda: array("q"))
     sizes: array[int] = field(default_factory=lambda: array("q"))
     digests: bytearray = field(default_factory=bytearray)  # 16 bytes a member, md5(split + key): TFDS's shuffle key
@@ -76,6 +77,23 @@ class ChainIndex:
     raw_names: list[str] = field(default_factory=list)  # every member's tarfile name (validation labels)
     label: int | None = None  # the chain's label, when it has one for all its members
     fetched: dict[str, bytes] = field(default_factory=dict)  # the image bytes of the chain's `fetch` keys
+
+    def add_name(self, key: str) -> None:
+        self.name_blob += key.encode(ENCODING, ERRORS)
+        self.name_ends.append(len(self.name_blob))
+
+    @property
+    def names(self) -> list[str]:
+        return split_names(self.name_blob, self.name_ends)
+
+
+def split_names(blob: bytes | bytearray, ends: Sequence[int], first: int = 0) -> list[str]:
+    """The keys of a name blob (`ChainIndex.name_blob`); `ends[0]` ends the key that starts at `first`."""
+    out, start = [], first
+    for end in ends:
+        out.append(blob[start:end].decode(ENCODING, ERRORS))
+        start = end
+    return out
 
 
 def normpath(path: str) -> str | None:
@@ -95,7 +113,7 @@ def hash_digest(split: str, key: str) -> bytes:
 
 def _nts(raw: bytes) -> str:
     end = raw.find(b"\0")
-    return (raw if end < 0 else raw[:end]).decode(_ENCODING, _ERRORS)
+    return (raw if end < 0 else raw[:end]).decode(ENCODING, ERRORS)
 
 
 def _parse(buf: bytes) -> tuple[str, int, bytes] | None:
@@ -257,7 +275,7 @@ def check_header(path: str, block: bytes | memoryview, offset: int, key: str, si
     fails the build instead of writing wrong records. (A name too long or not ASCII lives in an extended header
     before this one, which the index read: only the size is checked then.)"""
     raw = bytes(block)
-    name = key.encode(_ENCODING, _ERRORS)
+    name = key.encode(ENCODING, ERRORS)
     if len(name) < 100 and raw.startswith(name) and raw[len(name)] == 0:
         try:
             if int(raw[124:136].strip(b"\0 "), 8) == size:
@@ -265,7 +283,7 @@ def check_header(path: str, block: bytes | memoryview, offset: int, key: str, si
         except ValueError:
             pass
     try:
-        info = tarfile.TarInfo.frombuf(raw, _ENCODING, _ERRORS)  # (checksum checked, any number format)
+        info = tarfile.TarInfo.frombuf(raw, ENCODING, ERRORS)  # (checksum checked, any number format)
     except tarfile.HeaderError:
         raise ChangedTar(path, offset, key, size) from None
     if info.issparse():
@@ -297,7 +315,7 @@ def index_chain(fd: int, chain: Chain) -> ChainIndex:
         key = normpath(raw_name) if regular else None
         if key is None:
             continue
-        index.names.append(key)
+        index.add_name(key)
         index.offsets.append(offset)
         index.sizes.append(size)
         index.digests += hash_digest(chain.split, key)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from imagenet_fleet.engine import records, tarindex
 
 READ_BYTES = 8 << 20  # one read covers up to this much of the tar (a larger image gets a read of its own)
-READ_BUDGET = 192 << 20  # the read buffers of all the workers together: reads get shorter past 8 workers
+READ_BUDGET = 128 << 20  # the read buffers of all the workers together: reads get shorter past 5 workers
 MAX_OPEN_SHARDS = 256
 BLOCK = 512
 ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to this
