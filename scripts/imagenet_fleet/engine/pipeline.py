@@ -148,7 +148,7 @@ def _plan_from(split: str, path: str, parts: list[tarindex.ChainIndex], labels: 
     if len(rec) != n:
         rec = np.fromiter(
             (records.record_size(name, label, size)
-             for name, label, size in zip(names.take(range(n)), label_array.tolist(), sizes.tolist(), strict=True)),
+             for name, label, size in zip(names.slice(0, n), label_array.tolist(), sizes.tolist(), strict=True)),
             dtype=np.int64, count=n,
         )  # fmt: skip
     return SplitPlan(

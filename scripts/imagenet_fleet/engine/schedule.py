@@ -31,7 +31,7 @@ def records_of(plan: SplitPlan, sel: np.ndarray) -> dict[str, Any]:
         "offsets": ints(plan.offsets[sel]),
         "sizes": ints(plan.sizes[sel]),
         "labels": ints(plan.labels[sel]),
-        "specials": {k: plan.specials[int(i)] for k, i in enumerate(sel) if int(i) in plan.specials},
+        "specials": {k: plan.specials[int(sel[k])] for k in np.flatnonzero(np.isin(sel, [*plan.specials])).tolist()},
     }
 
 

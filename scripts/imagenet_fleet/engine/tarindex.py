@@ -68,8 +68,8 @@ class ChainIndex:
     kept in plain arrays, not lists of ints: ILSVRC2012's train split has 1.28M members, and these travel from the
     index workers to the build's process and are held there until the split is laid out."""
 
-    name_blob: bytearray = field(default_factory=bytearray)  # the keys, encoded as tarfile decoded them, end to end
-    name_ends: array[int] = field(default_factory=lambda: array("q"))  # where each key ends in name_blob
+    name_blob: bytearray = field(default_factory=bytearray)  # the keys, encoded as tarfile decoded them, each + NUL
+    name_ends: array[int] = field(default_factory=lambda: array("q"))  # where each key's NUL ends in name_blob
     offsets: array[int] = field(default_factory=lambda: array("q"))
     sizes: array[int] = field(default_factory=lambda: array("q"))
     digests: bytearray = field(default_factory=bytearray)  # 16 bytes a member, md5(split + key): TFDS's shuffle key
@@ -79,21 +79,12 @@ class ChainIndex:
     fetched: dict[str, bytes] = field(default_factory=dict)  # the image bytes of the chain's `fetch` keys
 
     def add_name(self, key: str) -> None:
-        self.name_blob += key.encode(ENCODING, ERRORS)
+        self.name_blob += key.encode(ENCODING, ERRORS) + b"\0"  # (a tar member's name holds no NUL)
         self.name_ends.append(len(self.name_blob))
 
     @property
     def names(self) -> list[str]:
-        return split_names(self.name_blob, self.name_ends)
-
-
-def split_names(blob: bytes | bytearray, ends: Sequence[int], first: int = 0) -> list[str]:
-    """The keys of a name blob (`ChainIndex.name_blob`); `ends[0]` ends the key that starts at `first`."""
-    out, start = [], first
-    for end in ends:
-        out.append(blob[start:end].decode(ENCODING, ERRORS))
-        start = end
-    return out
+        return self.name_blob[:-1].decode(ENCODING, ERRORS).split("\0") if self.name_ends else []
 
 
 def normpath(path: str) -> str | None:
