@@ -60,8 +60,11 @@ def tars_of(manual: Path) -> list[Path]:
 
 
 def ensure_sample(root: Path, name: str) -> tuple[Path, int]:
-    spec = SETS[name]
-    manual = root / f"sample-{name}"
+    return sample_at(root / f"sample-{name}", SETS[name])
+
+
+def sample_at(manual: Path, spec: sample.SampleSpec) -> tuple[Path, int]:
+    """The sample `spec` in `manual` (made there unless it already is); returns it and its image count."""
     stamp = manual / "sample.json"
     want = json.dumps(spec.__dict__, sort_keys=True)
     if not (stamp.exists() and json.loads(stamp.read_text()).get("spec") == want):

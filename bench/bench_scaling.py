@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import json
 import os
 import shutil
 import sys
@@ -43,15 +42,8 @@ def default_workers() -> list[int]:
 
 
 def ensure_sample(root: Path, spec: sample.SampleSpec) -> tuple[Path, int]:
-    manual = root / (f"scaling-{spec.classes}x{spec.images_per_class}-{spec.val_images}"
-                     f"{'-special' * spec.special}{'-tiny' * spec.tiny}")  # fmt: skip
-    stamp = manual / "sample.json"
-    want = json.dumps(spec.__dict__, sort_keys=True)
-    if not (stamp.exists() and json.loads(stamp.read_text()).get("spec") == want):
-        shutil.rmtree(manual, ignore_errors=True)
-        summary = sample.make_sample(manual, spec)
-        stamp.write_text(json.dumps({"spec": want, "counts": summary["counts"]}))
-    return manual, sum(json.loads(stamp.read_text())["counts"].values())
+    name = f"scaling-{spec.classes}x{spec.images_per_class}-{spec.val_images}"
+    return bp.sample_at(root / f"{name}{'-special' * spec.special}{'-tiny' * spec.tiny}", spec)
 
 
 def run(root: Path, spec: sample.SampleSpec, counts: list[int], headers: bool) -> list[dict[str, str]]:
