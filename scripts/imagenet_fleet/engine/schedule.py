@@ -51,7 +51,7 @@ def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct:
     def unit(start: int, end: int) -> write.Unit:
         sel = np.arange(start, end)
         return write.Unit(
-            key=f"A:{plan.split}:{int(sel[0])}",
+            key=f"A:{plan.split}:{start}",
             tar_path=plan.tar_path,
             shard_paths=shard_paths,
             shard_of=ints(plan.shard_of[sel]),
