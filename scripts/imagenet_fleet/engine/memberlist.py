@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_fleet.atomic import atomic_write_bytes
-from imagenet_fleet.engine.tarindex import BLOCK, PastEnd, TarError, Walk, _SlowPath, walker
+from imagenet_fleet.engine.tarindex import BLOCK, ENCODING, ERRORS, PastEnd, TarError, Walk, _SlowPath, walker
 from imagenet_fleet.manifest import hash_file
 
 log = logging.getLogger(__name__)
 
 FORMAT = "imagenet-fleet-members/1"
-_ENCODING, _ERRORS = "utf-8", "surrogateescape"
+
 
 def sidecar_path(tar: Path) -> Path:
     return tar.with_name(f".{tar.name}.members")
@@ -93,7 +93,7 @@ def _section(items: Walk) -> bytes:
     offsets = array("q", (item[1] for item in items))
     sizes = array("q", (item[2] for item in items))
     regular = bytes(int(item[3]) for item in items)
-    names = "\0".join(item[0] for item in items).encode(_ENCODING, _ERRORS)
+    names = "\0".join(item[0] for item in items).encode(ENCODING, ERRORS)
     return offsets.tobytes() + sizes.tobytes() + regular + names
 
 
@@ -138,7 +138,7 @@ def read_walk(ref: tuple[str, int, int, int]) -> Walk:
     offsets.frombytes(blob[: 8 * count])
     sizes.frombytes(blob[8 * count : 16 * count])
     regular = blob[16 * count : 17 * count]
-    names = blob[17 * count :].decode(_ENCODING, _ERRORS).split("\0") if count else []
+    names = blob[17 * count :].decode(ENCODING, ERRORS).split("\0") if count else []
     return [(names[i], offsets[i], sizes[i], bool(regular[i])) for i in range(count)]
 
 

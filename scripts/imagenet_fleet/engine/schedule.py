@@ -47,6 +47,7 @@ class Work:
 def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct: bool, workers: int) -> list[Work]:
     # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
     drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    read_bytes = write.read_bytes(workers)
 
     def unit(start: int, end: int) -> write.Unit:
         sel = np.arange(start, end)
@@ -58,7 +59,7 @@ def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct:
             dest=ints(plan.dest[sel]),
             drop=drop,
             direct=direct,
-            read_bytes=write.read_bytes(workers),
+            read_bytes=read_bytes,
             **records_of(plan, sel),
         )
 
