@@ -14,6 +14,7 @@ ArrayRecord: a shard job writes one shard front to back with TFDS's own writer (
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -30,6 +31,8 @@ READ_BUDGET = 128 << 20  # the read buffers of all the workers together: reads g
 MAX_OPEN_SHARDS = 256
 BLOCK = 512
 ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to this
+SLACK = BLOCK + 2 * ALIGN  # what a read adds to its records' bytes: the first one's tar header, the alignment
+HUGE_PAGE = 2 << 20  # read buffers are sized in these (`read_buffer`)
 AHEAD = 2  # reads in flight per worker
 RANDOM_AHEAD = 16  # image reads in flight per worker writing an ArrayRecord shard
 MAX_GAP = 1 << 20  # a read spans a gap of up to this many bytes that are not images
@@ -100,8 +103,9 @@ def _write_record(out_fd: int, dest: int, name: str, label: int, image: bytes | 
 
 
 def _spans(unit: Unit) -> list[tuple[int, int]]:
-    """The unit's reads: (first, end) record ranges, each read spanning at most `read_bytes` (or one image)."""
+    """The unit's reads: (first, end) record ranges, each read fitting a `read_bytes` buffer (or one image)."""
     offsets, sizes, n = unit.offsets, unit.sizes, len(unit.offsets)
+    limit = unit.read_bytes - SLACK
     out = []
     i = 0
     while i < n:
@@ -109,7 +113,7 @@ def _spans(unit: Unit) -> list[tuple[int, int]]:
         j = i + 1
         while (
             j < n
-            and offsets[j] + sizes[j] - start <= unit.read_bytes
+            and offsets[j] + sizes[j] - start <= limit
             and offsets[j] - offsets[j - 1] - sizes[j - 1] <= MAX_GAP
         ):
             j += 1
@@ -127,7 +131,7 @@ class _Reader:
     def __init__(self, read_bytes: int) -> None:
         self.read_bytes = read_bytes
         self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="imagenet-read")
-        self._buffers = [mmap.mmap(-1, read_bytes + 2 * ALIGN) for _ in range(AHEAD + 1)]
+        self._buffers = [read_buffer(read_bytes) for _ in range(AHEAD + 1)]
         self._direct: dict[str, int | None] = {}
         self._turn = 0
 
@@ -156,7 +160,7 @@ class _Reader:
         base = start - start % ALIGN if direct else start
         length = (end - base + ALIGN - 1) // ALIGN * ALIGN if direct else end - base
         if length > len(buf):
-            buf = mmap.mmap(-1, length)  # (one image larger than a read)
+            buf = read_buffer(length)  # (one image larger than a read)
         view = memoryview(buf)[:length]
         try:
             got = os.preadv(fd, [view], base)
@@ -170,6 +174,19 @@ class _Reader:
             view.release()
             raise OSError(f"{path}: short read at byte {start} ({got - (start - base)} of {end - start} bytes)")
         return view, base
+
+
+def read_buffer(size: int) -> mmap.mmap:
+    """A private anonymous buffer, in transparent huge pages where the kernel allows them (THP `madvise` or
+    `always`). An O_DIRECT read into 4 KB pages reaches the disk cut into requests of at most `max_segments` pages
+    (254 on this VM's virtio disk: ~0.6 MB); into 2 MB pages, it goes out in requests as large as the device takes
+    (4 MB here). Measured on this VM, 2 threads reading the train tar with 8 MB reads: 0.5-0.6 GB/s in 4 KB pages,
+    1.4-1.7 GB/s in huge pages. (The kernel aligns an anonymous mapping to huge pages only when its size is a
+    multiple of one: `read_bytes` is.)"""
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(AttributeError, OSError):  # (no MADV_HUGEPAGE on this platform, or THP off)
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    return buf
 
 
 _reader: _Reader | None = None
@@ -264,9 +281,10 @@ def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
 
 
 def read_bytes(workers: int) -> int:
-    """How much one read covers: 8 MB, less once `workers` x (AHEAD + 1) buffers of it would pass READ_BUDGET (the
-    workers' memory stays bounded on a host with many cores), 1 MB at least."""
-    return max(1 << 20, min(READ_BYTES, READ_BUDGET // (workers * (AHEAD + 1))) // ALIGN * ALIGN)
+    """The size of a read buffer: 8 MB, less once `workers` x (AHEAD + 1) buffers would pass READ_BUDGET (the
+    workers' memory stays bounded on a host with many cores), 1 MB at least; whole huge pages from 2 MB up."""
+    size = max(1 << 20, min(READ_BYTES, READ_BUDGET // (workers * (AHEAD + 1))))
+    return size // HUGE_PAGE * HUGE_PAGE if size >= HUGE_PAGE else size // ALIGN * ALIGN
 
 
 def run(job: Unit | ShardJob) -> tuple[str, int, int]:
