@@ -1,13 +1,13 @@
 """The writers, in the worker processes.
 
-TFRecord: a work unit is a run of consecutive members of one tar, in tar order. The worker reads it front to back
-in large reads (`AHEAD` of them in flight in a reader thread; the train tar with O_DIRECT; a gap over `MAX_GAP`,
-such as a huge member that is not an image, skipped) and, for each image, sends `TFRecord head + example prefix +
-image + example suffix + CRC` to the record's precomputed offset in its (preallocated) shard file with one
-`pwritev`: the image bytes go from the read buffer to the page cache without another copy. Each image's header,
-read with it, is checked against the index on the way (`tarindex.check_header`). Units are independent
-and idempotent: writing one again writes the same bytes at the same places, which is what makes a killed run
-resumable.
+TFRecord: a work unit is a run of consecutive members of one tar, in tar order. The worker reads it front to back in
+large reads (`AHEAD` of them in flight in a reader thread, into huge pages: `read_buffer`; the train tar with
+O_DIRECT; a gap over `MAX_GAP`, such as a huge member that is not an image, skipped) and, for each image, sends
+`TFRecord head + example prefix + image + example suffix + CRC` to the record's precomputed offset in its
+(preallocated) shard file with one `pwritev`: the image bytes go from the read buffer to the page cache without
+another copy. Each image's header, read with it, is checked against the index on the way (`tarindex.check_header`).
+Units are independent and idempotent: writing one again writes the same bytes at the same places, which is what
+makes a killed run resumable.
 
 ArrayRecord: a shard job writes one shard front to back with TFDS's own writer (`write_array_record_shard`).
 """
