@@ -70,7 +70,7 @@ class Names:
     def take(self, sel: Sequence[int] | np.ndarray) -> list[str]:
         """The keys at the indices `sel`."""
         sel = np.asarray(sel, dtype=np.int64)
-        if len(sel) and sel[-1] - sel[0] + 1 == len(sel) and (len(sel) == 1 or bool((np.diff(sel) == 1).all())):
+        if len(sel) and bool((np.diff(sel) == 1).all()):
             return self.slice(int(sel[0]), int(sel[-1]) + 1)  # (a work unit: a run of the tar)
         starts, ends = np.where(sel > 0, self.ends[sel - 1], 0).tolist(), self.ends[sel].tolist()
         return [self.blob[a : b - 1].decode(ENCODING, ERRORS) for a, b in zip(starts, ends, strict=True)]

@@ -148,6 +148,10 @@ class _Reader:
         self._pool.shutdown(wait=True)
         for buf in self._buffers:
             buf.close()
+        for fd in self._direct.values():
+            if fd is not None:
+                os.close(fd)
+        self._direct.clear()
 
     def read(self, path: str, start: int, end: int, direct: bool) -> Future[tuple[memoryview, int]]:
         """[start, end) of the file, as (view, offset of the view's first byte) once read."""
