@@ -246,8 +246,8 @@ class _Specials:
 
 
 class _Metadata:
-    """TFDS's builder, for the metadata written at the end: imported in a thread (~1 s of CPU) while the tars are
-    indexed and written."""
+    """TFDS's builder, for the metadata written at the end: imported in a thread (~1 s of CPU) while the shards
+    are written (`_Build._import_tfds`)."""
 
     def __init__(self, work_dir: Path, version: str, file_format: str, clock: _Clock) -> None:
         self._args = (work_dir, version, file_format)
@@ -272,6 +272,7 @@ class _Metadata:
         assert self._result is not None
         metadata, builder = self._result
         metadata.write_metadata(builder, version_dir, splits)
+        self._clock.mark("metadata written")
 
 
 class _Index:
@@ -402,21 +403,30 @@ class _Build:
         return self._stats()
 
     def _index_and_write(self) -> None:
-        # 1. index, a task per worker; meanwhile TF's kernels load in the helper, and TFDS (no TensorFlow) in a
-        # thread, while this thread hands each split to the writers as soon as its index is in
+        # 1. index, a task per worker; meanwhile TF's kernels load in the helper, while this thread hands each
+        # split to the writers as soon as its index is in; TFDS (no TensorFlow) is imported in a thread once the
+        # last split is laid out
         self.index = index = _Index(self.pool, self.tars, self.workers)
         if index.synsets & special.special_synsets():
             self.specials.start()
-        self.metadata = _Metadata(self.work_dir, self.version, self.file_format, self.clock)
+        self.metadata: _Metadata | None = None
         self.writes = schedule.Writes(self.pool, self.workers)
         while index.pending or self.writes.pending:
             ready = self._wait()
             for plan in ready:  # (once the finished index tasks, with their results, are let go)
                 self.plans.append(plan)
                 self._start(plan)
+            if self.metadata is None and not index.pending:
+                self.metadata = self._import_tfds()
+        self.metadata = self.metadata or self._import_tfds()
         self.clock.mark("written")
         self.plans.sort(key=lambda p: imagenet.SPLITS.index(p.split))
         self.clock.lap("index+write")
+
+    def _import_tfds(self) -> _Metadata:
+        """TFDS, for the metadata, imported once every split is laid out: its ~1 s of CPU then runs while the
+        disk writes (and the fdatasync waits), not while the index and the CMYK/PNG helper need both cores."""
+        return _Metadata(self.work_dir, self.version, self.file_format, self.clock)
 
     def _wait(self) -> list[SplitPlan]:
         """Take what the workers finished next; returns the splits whose index is complete."""
@@ -487,7 +497,9 @@ class _Build:
             paths = [str(self.version_dir / name) for plan in self.plans for name in plan.shard_names]
             n = min(self.workers, len(paths))
             _ = list(self.pool.map(write.sync_files, [paths[i::n] for i in range(n)]))
+            self.clock.mark("synced")
         splits = [(p.split, p.shard_lengths, p.total_size) for p in self.plans]
+        assert self.metadata is not None
         self.metadata.write(self.version_dir, splits)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.version_dir, self.target)
