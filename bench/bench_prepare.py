@@ -360,7 +360,8 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_
     rows = [
         {
             "set": name,
-            "run": f"I/O floor (read tars + write output; best of 4: {floor_how})",
+            "run": f"I/O floor (read tars + write output; best of 4: {floor_how}; all 4: "
+                   f"{', '.join(f'{f[0]:.2f}' for f in floors)} s)",  # (how much the same copy swings here)
             "seconds": f"{floor:.2f}",
             "of it sync": f"{floor_sync:.2f}",
             "images/s": f"{images / floor:,.0f}",
