@@ -91,6 +91,9 @@ def child(engine: str, manual: Path, data: Path, workers: int | None, evict_betw
 
         build_with_tfds(manual, data, imagenet.DEFAULT_VERSION, file_format, None)
     else:
+        from imagenet_fleet.engine import special
+
+        special.start_early(manual)  # (as `prepare.build_with_parallel` does)
         from imagenet_fleet.engine import pipeline
 
         hook = (lambda path: evict([Path(path)])) if evict_between else None

@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -337,6 +339,63 @@ def test_the_reencoding_helper_is_closed_once_its_images_are_back(special_sample
         assert specials._converter is None and converter._proc.poll() is not None  # the helper has exited
     finally:
         specials.close()
+
+
+@pytest.fixture
+def early_helper_cleared() -> Iterator[None]:
+    """No helper started early outlives the test, whatever happens in it."""
+    from imagenet_fleet.engine import special
+
+    yield
+    if (left := special.take_early()) is not None:
+        left.close()
+
+
+@pytest.mark.usefixtures("early_helper_cleared")
+def test_the_helper_started_early_is_the_one_the_build_uses(
+    special_sample: Path, engine_4_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`special.start_early` (what the CLI calls before importing the engine) starts the helper; the build converts
+    the images with it, starts no second one, and leaves none behind."""
+    from imagenet_fleet.engine import special
+
+    started: list[special.Converter] = []
+
+    class Counted(special.Converter):
+        def __init__(self) -> None:
+            super().__init__()
+            started.append(self)
+
+    monkeypatch.setattr(special, "Converter", Counted)
+    special.start_early(tmp_path)  # (no train tar there: nothing to start)
+    assert special.take_early() is None and not started
+    special.start_early(special_sample)
+    assert len(started) == 1
+    stats = pipeline.build(special_sample, tmp_path / "d", VERSION, "tfrecord", 2, work_dir=tmp_path / "w",
+                           num_shards=4)  # fmt: skip
+    assert stats["special_images"] == 23 and len(started) == 1
+    assert special.take_early() is None and started[0]._proc.poll() is not None
+    assert digests(tmp_path / "d" / imagenet.DATASET / VERSION) == digests(engine_4_shards)
+
+
+@pytest.mark.usefixtures("early_helper_cleared")
+def test_a_helper_started_early_for_nothing_is_closed(plain_sample: Path, tmp_path: Path) -> None:
+    from imagenet_fleet.engine import special
+
+    assert not special.special_synsets() & {m.name[:-4] for m in _outer_members(plain_sample)}
+    special.start_early(plain_sample)
+    early = special._early
+    assert early is not None
+    stats = pipeline.build(plain_sample, tmp_path / "d", VERSION, "tfrecord", 2, work_dir=tmp_path / "w")
+    assert stats["special_images"] == 0
+    assert special.take_early() is None and early._proc.poll() is not None
+
+
+def _outer_members(sample_dir: Path) -> list[Any]:
+    import tarfile
+
+    with tarfile.open(sample_dir / imagenet.TAR_NAMES["train"]) as outer:
+        return outer.getmembers()
 
 
 def test_a_special_image_tf_cannot_decode_is_one_user_error() -> None:

@@ -65,6 +65,9 @@ def build_with_tfds(manual_dir: Path, data_dir: Path, version: str, file_format:
 
 def build_with_parallel(manual_dir: Path, data_dir: Path, version: str, file_format: str, workers: int | None) -> None:
     """The parallel engine (imagenet_fleet.engine): TFDS's records in TFDS's order, deterministic bytes, every core."""
+    from imagenet_fleet.engine import special
+
+    special.start_early(manual_dir)
     from imagenet_fleet.engine.pipeline import build_engine
 
     build_engine(manual_dir, data_dir, version, file_format, workers)

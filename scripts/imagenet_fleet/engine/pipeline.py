@@ -199,13 +199,13 @@ class _Specials:
 
     def start(self) -> None:
         with self._lock:
-            self._converter = self._converter or special.Converter()
+            self._converter = self._converter or special.take_early() or special.Converter()
 
     def submit(self, images: dict[str, bytes]) -> None:
         if not images:
             return
         with self._lock:
-            self._converter = converter = self._converter or special.Converter()
+            self._converter = converter = self._converter or special.take_early() or special.Converter()
             converter.submit(sorted(images.items()))
             self._pending += 1
         self._batches.append(self._collector.submit(self._collect, converter))
@@ -399,6 +399,8 @@ class _Build:
             self.clock.lap("finish")
         finally:
             self.specials.close()
+            if (early := special.take_early()) is not None:  # (started for a train tar without special images)
+                early.close()
             self.pool.shutdown(wait=True, cancel_futures=True)
         return self._stats()
 
