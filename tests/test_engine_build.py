@@ -347,8 +347,7 @@ def early_helper_cleared() -> Iterator[None]:
     from imagenet_fleet.engine import special
 
     yield
-    if (left := special.take_early()) is not None:
-        left.close()
+    special.close_early()
 
 
 @pytest.mark.usefixtures("early_helper_cleared")
@@ -388,6 +387,12 @@ def test_a_helper_started_early_for_nothing_is_closed(plain_sample: Path, tmp_pa
     assert early is not None
     stats = pipeline.build(plain_sample, tmp_path / "d", VERSION, "tfrecord", 2, work_dir=tmp_path / "w")
     assert stats["special_images"] == 0
+    assert special.take_early() is None and early._proc.poll() is not None
+    special.start_early(plain_sample)  # a build refused at once (its target exists) closes it too
+    early = special._early
+    assert early is not None
+    with pytest.raises(UserError):
+        pipeline.build(plain_sample, tmp_path / "d", VERSION, "tfrecord", 2, work_dir=tmp_path / "w")
     assert special.take_early() is None and early._proc.poll() is not None
 
 

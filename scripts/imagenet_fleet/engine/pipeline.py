@@ -357,15 +357,20 @@ def build(
     `num_shards` mirrors TFDS's `DownloadConfig(num_shards=...)` (tests); `before_write(tar_path)` is called before
     a split's records are written (the benchmark evicts that tar from the page cache there).
     """
-    if file_format not in FILE_FORMATS:
-        raise UserError(f"unknown file format {file_format!r}", f"pass one of {', '.join(FILE_FORMATS)}")
+    try:
+        if file_format not in FILE_FORMATS:
+            raise UserError(f"unknown file format {file_format!r}", f"pass one of {', '.join(FILE_FORMATS)}")
+        tars = {s: manual_dir / n for s, n in imagenet.TAR_NAMES.items() if (manual_dir / n).is_file()}
+        if not tars:
+            raise UserError(f"no ILSVRC2012 tar in {manual_dir}",
+                            f"stage one of {', '.join(imagenet.TAR_NAMES.values())}")  # fmt: skip
+        target = data_dir / imagenet.DATASET / version
+        if target.exists():
+            raise UserError(f"{target} already exists", "remove it, or build into another data dir")
+    except UserError:
+        special.close_early()
+        raise
     workers = workers or default_workers()
-    tars = {s: manual_dir / n for s, n in imagenet.TAR_NAMES.items() if (manual_dir / n).is_file()}
-    if not tars:
-        raise UserError(f"no ILSVRC2012 tar in {manual_dir}", f"stage one of {', '.join(imagenet.TAR_NAMES.values())}")
-    target = data_dir / imagenet.DATASET / version
-    if target.exists():
-        raise UserError(f"{target} already exists", "remove it, or build into another data dir")
     work_dir = work_dir or default_work_dir(data_dir, version, file_format)
     return _Build(tars, target, version, file_format, workers, work_dir, num_shards, unit_bytes, before_write).run()
 
@@ -399,8 +404,7 @@ class _Build:
             self.clock.lap("finish")
         finally:
             self.specials.close()
-            if (early := special.take_early()) is not None:  # (started for a train tar without special images)
-                early.close()
+            special.close_early()  # (started for a train tar without special images)
             self.pool.shutdown(wait=True, cancel_futures=True)
         return self._stats()
 

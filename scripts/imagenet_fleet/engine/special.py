@@ -161,3 +161,9 @@ def take_early() -> Converter | None:
     global _early
     converter, _early = _early, None
     return converter
+
+
+def close_early() -> None:
+    """Close the helper `start_early` started, if no build took it over."""
+    if (converter := take_early()) is not None:
+        converter.close()
