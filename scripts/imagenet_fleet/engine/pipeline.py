@@ -199,13 +199,18 @@ class _Specials:
 
     def start(self) -> None:
         with self._lock:
-            self._converter = self._converter or special.take_early() or special.Converter()
+            self._running()
+
+    def _running(self) -> special.Converter:
+        """The helper: the one running, or the one `special.start_early` started, or a new one (under the lock)."""
+        self._converter = self._converter or special.take_early() or special.Converter()
+        return self._converter
 
     def submit(self, images: dict[str, bytes]) -> None:
         if not images:
             return
         with self._lock:
-            self._converter = converter = self._converter or special.take_early() or special.Converter()
+            converter = self._running()
             converter.submit(sorted(images.items()))
             self._pending += 1
         self._batches.append(self._collector.submit(self._collect, converter))
@@ -367,12 +372,11 @@ def build(
         target = data_dir / imagenet.DATASET / version
         if target.exists():
             raise UserError(f"{target} already exists", "remove it, or build into another data dir")
-    except UserError:
-        special.close_early()
-        raise
-    workers = workers or default_workers()
-    work_dir = work_dir or default_work_dir(data_dir, version, file_format)
-    return _Build(tars, target, version, file_format, workers, work_dir, num_shards, unit_bytes, before_write).run()
+        work_dir = work_dir or default_work_dir(data_dir, version, file_format)
+        return _Build(tars, target, version, file_format, workers or default_workers(), work_dir, num_shards,
+                      unit_bytes, before_write).run()  # fmt: skip
+    finally:
+        special.close_early()  # (one `special.start_early` started that the build did not take over)
 
 
 class _Build:
@@ -404,7 +408,6 @@ class _Build:
             self.clock.lap("finish")
         finally:
             self.specials.close()
-            special.close_early()  # (started for a train tar without special images)
             self.pool.shutdown(wait=True, cancel_futures=True)
         return self._stats()
 
