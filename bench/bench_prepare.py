@@ -44,7 +44,7 @@ from typing import BinaryIO
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from imagenet_fleet import imagenet, sample  # noqa: E402
+from imagenet_fleet import cli, imagenet, sample  # noqa: E402
 
 SETS = {
     "12k": sample.SampleSpec(classes=100, images_per_class=100, val_images=2000, special=True),
@@ -89,6 +89,7 @@ def child(engine: str, manual: Path, data: Path, workers: int | None, evict_betw
     import logging
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    cli.exit_without_scan()  # (as `prepare_imagenet.py` does, whichever engine: `cli.run`)
     if engine == "tfds":
         from imagenet_fleet.prepare import build_with_tfds
 
