@@ -2,7 +2,7 @@
 """Benchmark: TFDS's own imagenet2012 build vs the `parallel` engine, side by side, on synthetic tars.
 
     .venv/bin/python bench/bench_prepare.py [--sets 12k,95k] [--file-format tfrecord|array_record] [--root DIR]
-        [--workers N]
+        [--workers N] [--rounds N]
 
 For each sample set (made once under --root, then reused): the I/O floor (read the tars once + write the output's
 bytes once), TFDS's build, and the engine three ways, each once before and once after TFDS's build (on this VM a run
@@ -11,7 +11,10 @@ reading the tars' headers itself (as is, and with the tars evicted from the page
 passes: what happens when the tars do not fit in memory), and with the member lists staging makes in its sha256
 pass (`engine.memberlist`: one pass over the tars, no header reads; the CPU that listing adds to staging is
 measured too). All engine builds must be byte-identical; a build made before TFDS's counts as the same as TFDS's
-when its bytes are those of one compared with TFDS's record by record.
+when its bytes are those of one compared with TFDS's record by record. With `--rounds N`, TFDS's build and the
+engine's three runs alternate N times after that first engine round (runs #1 are before TFDS's first build), and
+the table adds, per kind of run, the median of its runs and its ratio to the median of TFDS's: this VM's speed
+swings by up to 2.5x from one run to the next, TFDS's included, and one pair of runs can land on either side.
 
 Every run, the I/O floor included, is measured the same way: start after `sync`, with the tars and the previous
 run's output evicted from the page cache (`posix_fadvise(DONTNEED)`), and stop after the process has exited AND a
@@ -33,6 +36,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -333,7 +337,9 @@ def digests(build: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(build.iterdir())}
 
 
-def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_format: str) -> list[dict[str, str]]:
+def bench_set(
+    root: Path, name: str, workers: int | None, skip_tfds: bool, file_format: str, rounds: int = 1
+) -> list[dict[str, str]]:
     from imagenet_fleet.engine.compare import differences
 
     manual, images = ensure_sample(root, name)
@@ -341,12 +347,14 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_
     shutil.rmtree(runs_root, ignore_errors=True)
     drop_member_lists(manual)
     # the engine before and after TFDS's build: on this VM, a run that follows one that wrote and freed many GB (as
-    # TFDS's does) pays up to 2.5x the kernel CPU to copy its output into fresh guest pages; both cases are shown
+    # TFDS's does) pays up to 2.5x the kernel CPU to copy its output into fresh guest pages; both cases are shown.
+    # With `rounds` > 1, TFDS's build and the engine's alternate that many times, and medians are compared too.
     engine_round = [("parallel", ""), ("parallel", "between"), ("parallel", "lists")]
-    plan = engine_round + ([] if skip_tfds else [("tfds", "")]) + engine_round
+    plan = engine_round + (engine_round if skip_tfds else [("tfds", ""), *engine_round]) * rounds
     results: list[tuple[str, dict]] = []
     same: list[str] = []  # per run: same records as TFDS's build?
     hashes: list[dict[str, str]] = []  # per engine run: sha256 of every file
+    matched: list[dict[str, str]] = []  # builds found record by record the same as TFDS's
     reference: Path | None = None
     staging = ""
     for i, (engine, variant) in enumerate(plan):
@@ -368,22 +376,34 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_
             "between": ", headers read, tars evicted between passes",
             "lists": ", member lists from staging (one pass)",
         }[variant]
-        if engine == "parallel" and not skip_tfds:
+        if engine == "parallel" and not skip_tfds and rounds == 1:
             label += ", before TFDS's run" if reference is None else ", after TFDS's run"
+        elif not skip_tfds and rounds > 1:  # (#1: the engine's runs before TFDS's first)
+            label += f" #{1 + sum(earlier.startswith(label) for earlier, _ in results)}"
         label += " (2nd)" if any(earlier == label for earlier, _ in results) else ""
         results.append((label, m))
         build = data / imagenet.DATASET / imagenet.DEFAULT_VERSION
         print(f"[{name}] {label}: {m['seconds']:.2f} s {m['stats'][:300]}", file=sys.stderr)
         if engine == "tfds":
-            reference = build  # kept to the end (the 95k set's builds are ~11 GB each: one at a time besides it)
             same.append("-")
             evict([p for p in run_dir.rglob("*") if p.is_file()])  # (written back already: the next run starts cold)
+            if reference is None:
+                reference = build  # kept to the end (the 95k set's builds are ~11 GB each: one at a time besides it)
+            else:
+                shutil.rmtree(run_dir)
         else:
-            same.append("-" if reference is None else "yes" if not differences(build, reference) else "no")
             hashes.append(digests(build))
+            if reference is None:
+                same.append("-")
+            elif hashes[-1] in matched:  # (these bytes were compared with TFDS's record by record already)
+                same.append("yes")
+            else:
+                same.append("yes" if not differences(build, reference) else "no")
+                matched += [hashes[-1]] if same[-1] == "yes" else []
             shutil.rmtree(run_dir)
     # a build made before TFDS's is the same as TFDS's if its bytes are those of one checked against it after
     engine_runs = [k for k, (label, _) in enumerate(results) if label.startswith("parallel")]
+    tfds_runs = [float(m["seconds"]) for label, m in results if label.startswith("tfds")]
     digests_of = dict(zip(engine_runs, hashes, strict=True))
     checked = [digests_of[k] for k in engine_runs if same[k] == "yes"]
     for k in engine_runs:
@@ -395,7 +415,7 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_
               for direct, streams, how in [(True, 2 * cores, f"O_DIRECT reads, {2 * cores} streams"),
                                            (False, cores, f"buffered, {cores} streams")] for _ in range(2)]  # fmt: skip
     floor, floor_sync, floor_how = min(floors)  # (a bound: the fastest copy of the four)
-    tfds_seconds = next((float(m["seconds"]) for label, m in results if label == "tfds"), None)
+    tfds_seconds = statistics.median(tfds_runs) if tfds_runs else None  # (of one run, unless `rounds` > 1)
     deterministic = all(h == hashes[0] for h in hashes[1:])
     rows = [
         {
@@ -436,11 +456,42 @@ def bench_set(root: Path, name: str, workers: int | None, skip_tfds: bool, file_
                 "deterministic": ("yes" if deterministic else "no") if is_engine else "-",
             }  # fmt: skip
         )
+    if rounds > 1 and tfds_seconds:
+        rows += median_rows(name, images, results, tfds_seconds)
     drop_member_lists(manual)
     note = (f"({file_format}, {images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = {floor * 1.3:.2f} s; "
             f"{staging})")  # fmt: skip
     rows.append({"set": name, "run": note, **{k: "" for k in rows[0] if k not in ("set", "run")}})
     shutil.rmtree(runs_root, ignore_errors=True)
+    return rows
+
+
+def median_rows(
+    name: str, images: int, results: list[tuple[str, dict]], tfds_seconds: float
+) -> list[dict[str, str]]:
+    """Per kind of run (TFDS's, and each of the engine's variants): the median of its runs, and its ratio to TFDS's
+    median, with the spread of the ratios of its single runs to that median."""
+    kinds: dict[str, list[float]] = {}
+    for label, m in results:
+        kinds.setdefault(label.split(" #")[0], []).append(float(m["seconds"]))
+    rows = []
+    for kind, runs in kinds.items():
+        mid = statistics.median(runs)
+        spread = f" ({tfds_seconds / max(runs):.2f}-{tfds_seconds / min(runs):.2f}x)" if len(runs) > 1 else ""
+        rows.append(
+            {
+                "set": name,
+                "run": f"{kind}: median of {len(runs)} ({', '.join(f'{r:.2f}' for r in runs)} s)",
+                "seconds": f"{mid:.2f}",
+                "of it sync": "-",
+                "images/s": f"{images / mid:,.0f}",
+                "CPU s": "-",
+                "CPU ms/image": "-",
+                "ratio": f"{tfds_seconds / mid:.2f}x{spread}",
+                **{k: "-" for k in ("peak PSS", "largest RSS", "bytes written", "temp peak", "same as TFDS",
+                                    "deterministic")},
+            }  # fmt: skip
+        )
     return rows
 
 
@@ -464,6 +515,13 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=None, help="engine workers (default: all cores)")
     parser.add_argument("--skip-tfds", action="store_true", help="engine runs only")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="TFDS's build and the engine's three runs alternate this many times (after one first engine round); "
+        "the table adds each kind's median and its ratio to TFDS's median (default: %(default)s)",
+    )
     parser.add_argument("--file-format", default="tfrecord", choices=["tfrecord", "array_record"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--manual", type=Path, help=argparse.SUPPRESS)
@@ -478,7 +536,7 @@ def main() -> None:
     compileall.compile_dir(str(REPO / "scripts"), quiet=1)
     rows: list[dict[str, str]] = []
     for name in args.sets.split(","):
-        rows += bench_set(args.root, name, args.workers, args.skip_tfds, args.file_format)
+        rows += bench_set(args.root, name, args.workers, args.skip_tfds, args.file_format, args.rounds)
     print_table(rows)
 
 

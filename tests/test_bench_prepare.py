@@ -1,5 +1,5 @@
-"""The bench's I/O floor copies exactly the tars' bytes, both ways (a floor that copied less would flatter the
-engine's ratio to it)."""
+"""The bench's own arithmetic: its I/O floor copies exactly the tars' bytes, both ways (a floor that copied less
+would flatter the engine's ratio to it), and its medians compare like with like."""
 
 from __future__ import annotations
 
@@ -33,3 +33,20 @@ def test_the_floor_copies_the_tars_bytes(tmp_path: Path, direct: bool) -> None:
         assert out.getvalue() == data[lo:hi] and left == 10  # (what is left: written after, as zeros)
         out = io.BytesIO()
         assert copy(bench_prepare._slices(tars, lo, hi), out, 100) == 0 and out.getvalue() == data[lo : lo + 100]
+
+
+def test_medians_are_per_kind_of_run_against_tfds_median() -> None:
+    results = [
+        ("parallel, member lists #1", {"seconds": 4.0}),
+        ("tfds #1", {"seconds": 20.0}),
+        ("parallel, member lists #2", {"seconds": 2.0}),
+        ("tfds #2", {"seconds": 30.0}),
+        ("parallel, member lists #3", {"seconds": 5.0}),
+    ]
+    rows = bench_prepare.median_rows("12k", 1000, results, tfds_seconds=25.0)
+    by_kind = {row["run"].split(":")[0]: row for row in rows}
+    assert set(by_kind) == {"parallel, member lists", "tfds"}
+    lists = by_kind["parallel, member lists"]
+    assert lists["seconds"] == "4.00" and lists["images/s"] == "250"
+    assert lists["ratio"] == "6.25x (5.00-12.50x)"  # 25 / 4, and 25 / 5 to 25 / 2
+    assert by_kind["tfds"]["seconds"] == "25.00" and by_kind["tfds"]["ratio"] == "1.00x (0.83-1.25x)"
