@@ -428,6 +428,7 @@ def bench_set(
             "CPU s": "-",
             "CPU ms/image": "-",
             "ratio": f"{tfds_seconds / floor:.2f}x" if tfds_seconds else "-",
+            "x floor": "1.00",
             "peak PSS": "-",
             "largest RSS": "-",
             "bytes written": "-",
@@ -448,6 +449,7 @@ def bench_set(
                 "CPU s": f"{m['cpu']:.1f}",
                 "CPU ms/image": f"{1000 * m['cpu'] / images:.2f}",
                 "ratio": f"{tfds_seconds / m['seconds']:.2f}x" if tfds_seconds else "-",
+                "x floor": f"{float(m['seconds']) / floor:.2f}",
                 "peak PSS": f"{m['pss'] / 2**20:,.0f} MiB",
                 "largest RSS": f"{m['maxrss'] / 2**20:,.0f} MiB",
                 "bytes written": f"{m['written'] / 1e9:.2f} GB",
@@ -457,7 +459,7 @@ def bench_set(
             }  # fmt: skip
         )
     if rounds > 1 and tfds_seconds:
-        rows += median_rows(name, images, results, tfds_seconds)
+        rows += median_rows(name, images, results, tfds_seconds, floor, statistics.median(f[0] for f in floors))
     drop_member_lists(manual)
     note = (f"({file_format}, {images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = {floor * 1.3:.2f} s; "
             f"{staging})")  # fmt: skip
@@ -467,10 +469,11 @@ def bench_set(
 
 
 def median_rows(
-    name: str, images: int, results: list[tuple[str, dict]], tfds_seconds: float
+    name: str, images: int, results: list[tuple[str, dict]], tfds_seconds: float, floor: float, floor_median: float
 ) -> list[dict[str, str]]:
-    """Per kind of run (TFDS's, and each of the engine's variants): the median of its runs, and its ratio to TFDS's
-    median, with the spread of the ratios of its single runs to that median."""
+    """Per kind of run (TFDS's, and each of the engine's variants): the median of its runs, its ratio to TFDS's
+    median (with the spread of its single runs' ratios to that median), and how far it is from the I/O floor: the
+    fastest of the floor's four copies, and their median (like against like: both medians of this VM's swings)."""
     kinds: dict[str, list[float]] = {}
     for label, m in results:
         kinds.setdefault(label.split(" #")[0], []).append(float(m["seconds"]))
@@ -488,6 +491,7 @@ def median_rows(
                 "CPU s": "-",
                 "CPU ms/image": "-",
                 "ratio": f"{tfds_seconds / mid:.2f}x{spread}",
+                "x floor": f"{mid / floor:.2f} ({mid / floor_median:.2f} of its median)",
                 **{k: "-" for k in ("peak PSS", "largest RSS", "bytes written", "temp peak", "same as TFDS",
                                     "deterministic")},
             }  # fmt: skip

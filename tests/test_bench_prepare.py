@@ -43,10 +43,11 @@ def test_medians_are_per_kind_of_run_against_tfds_median() -> None:
         ("tfds #2", {"seconds": 30.0}),
         ("parallel, member lists #3", {"seconds": 5.0}),
     ]
-    rows = bench_prepare.median_rows("12k", 1000, results, tfds_seconds=25.0)
+    rows = bench_prepare.median_rows("12k", 1000, results, tfds_seconds=25.0, floor=2.0, floor_median=3.2)
     by_kind = {row["run"].split(":")[0]: row for row in rows}
     assert set(by_kind) == {"parallel, member lists", "tfds"}
     lists = by_kind["parallel, member lists"]
     assert lists["seconds"] == "4.00" and lists["images/s"] == "250"
     assert lists["ratio"] == "6.25x (5.00-12.50x)"  # 25 / 4, and 25 / 5 to 25 / 2
+    assert lists["x floor"] == "2.00 (1.25 of its median)"
     assert by_kind["tfds"]["seconds"] == "25.00" and by_kind["tfds"]["ratio"] == "1.00x (0.83-1.25x)"
