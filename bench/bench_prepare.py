@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -145,7 +146,22 @@ def _disk_usage(path: Path) -> int:
     return total
 
 
-def measure(args: list[str], run_dir: Path) -> dict[str, float | int | str]:
+@dataclass
+class Measured:
+    """One measured run."""
+
+    seconds: float  # start to exit, and the closing `sync`
+    sync: float  # of it, the closing `sync`
+    pss: int  # peak PSS of the whole process tree
+    maxrss: int  # largest RSS of one process in it
+    written: int  # bytes written
+    cpu: float  # CPU time of the whole process tree (user + system): what decides the ratio on more cores
+    temp_peak: int  # disk used beyond the final output, at most
+    output: int  # the final output's size on disk
+    stats: str  # the engine's statistics (its last stdout line), "" for TFDS
+
+
+def measure(args: list[str], run_dir: Path) -> Measured:
     """Run the child; sample its memory (PSS of the whole tree) and the run folder's disk use."""
     os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -174,23 +190,22 @@ def measure(args: list[str], run_dir: Path) -> dict[str, float | int | str]:
         sys.stderr.write(err.decode()[-4000:])
         raise SystemExit(f"run {args} failed ({proc.returncode})")
     final = _disk_usage(run_dir)
-    result: dict[str, float | int | str] = {
-        "seconds": seconds,
-        "sync": synced - exited,
-        "pss": peaks["pss"],
-        "maxrss": peaks["rss"],
+    stats = out.decode().strip().splitlines()[-1] if out.strip() else ""
+    return Measured(
+        seconds=seconds,
+        sync=synced - exited,
+        pss=peaks["pss"],
+        maxrss=peaks["rss"],
         # bytes the run dirtied: rusage of reaped children (TFDS: one process); the engine's writers live under a
         # fork server, outside that accounting, so the engine reports what it wrote itself
-        "written": (after.ru_oublock - before.ru_oublock) * 512,
-        # CPU time of the whole process tree (user + system): what decides the ratio on a host with more cores
-        "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-        "temp_peak": max(0, peaks["disk"] - final),
-        "output": final,
-        "stats": out.decode().strip().splitlines()[-1] if out.strip() else "",
-    }
-    if result["stats"]:
-        result["written"] = json.loads(str(result["stats"]))["bytes_written"] + _metadata_bytes(run_dir)
-    return result
+        written=json.loads(stats)["bytes_written"] + _metadata_bytes(run_dir)
+        if stats
+        else (after.ru_oublock - before.ru_oublock) * 512,
+        cpu=after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        temp_peak=max(0, peaks["disk"] - final),
+        output=final,
+        stats=stats,
+    )
 
 
 def _metadata_bytes(run_dir: Path) -> int:
@@ -351,7 +366,7 @@ def bench_set(
     # With `rounds` > 1, TFDS's build and the engine's alternate that many times, and medians are compared too.
     engine_round = [("parallel", ""), ("parallel", "between"), ("parallel", "lists")]
     plan = engine_round + (engine_round if skip_tfds else [("tfds", ""), *engine_round]) * rounds
-    results: list[tuple[str, dict]] = []
+    results: list[tuple[str, Measured]] = []
     same: list[str] = []  # per run: same records as TFDS's build?
     hashes: list[dict[str, str]] = []  # per engine run: sha256 of every file
     matched: list[dict[str, str]] = []  # builds found record by record the same as TFDS's
@@ -383,7 +398,7 @@ def bench_set(
         label += " (2nd)" if any(earlier == label for earlier, _ in results) else ""
         results.append((label, m))
         build = data / imagenet.DATASET / imagenet.DEFAULT_VERSION
-        print(f"[{name}] {label}: {m['seconds']:.2f} s {m['stats'][:300]}", file=sys.stderr)
+        print(f"[{name}] {label}: {m.seconds:.2f} s {m.stats[:300]}", file=sys.stderr)
         if engine == "tfds":
             same.append("-")
             evict([p for p in run_dir.rglob("*") if p.is_file()])  # (written back already: the next run starts cold)
@@ -403,13 +418,13 @@ def bench_set(
             shutil.rmtree(run_dir)
     # a build made before TFDS's is the same as TFDS's if its bytes are those of one checked against it after
     engine_runs = [k for k, (label, _) in enumerate(results) if label.startswith("parallel")]
-    tfds_runs = [float(m["seconds"]) for label, m in results if label.startswith("tfds")]
+    tfds_runs = [m.seconds for label, m in results if label.startswith("tfds")]
     digests_of = dict(zip(engine_runs, hashes, strict=True))
     checked = [digests_of[k] for k in engine_runs if same[k] == "yes"]
     for k in engine_runs:
         if same[k] == "-" and checked:
             same[k] = "yes" if digests_of[k] in checked else "no"
-    out_bytes = int(results[-1][1]["output"])
+    out_bytes = results[-1][1].output
     cores = max(2, workers or len(os.sched_getaffinity(0)))
     floors = [(*io_floor(manual, out_bytes, runs_root / "floor", streams, direct), how)
               for direct, streams, how in [(True, 2 * cores, f"O_DIRECT reads, {2 * cores} streams"),
@@ -443,17 +458,17 @@ def bench_set(
             {
                 "set": name,
                 "run": label,
-                "seconds": f"{m['seconds']:.2f}",
-                "of it sync": f"{m['sync']:.2f}",
-                "images/s": f"{images / m['seconds']:,.0f}",
-                "CPU s": f"{m['cpu']:.1f}",
-                "CPU ms/image": f"{1000 * m['cpu'] / images:.2f}",
-                "ratio": f"{tfds_seconds / m['seconds']:.2f}x" if tfds_seconds else "-",
-                "x floor": f"{float(m['seconds']) / floor:.2f}",
-                "peak PSS": f"{m['pss'] / 2**20:,.0f} MiB",
-                "largest RSS": f"{m['maxrss'] / 2**20:,.0f} MiB",
-                "bytes written": f"{m['written'] / 1e9:.2f} GB",
-                "temp peak": f"{m['temp_peak'] / 1e6:,.0f} MB",
+                "seconds": f"{m.seconds:.2f}",
+                "of it sync": f"{m.sync:.2f}",
+                "images/s": f"{images / m.seconds:,.0f}",
+                "CPU s": f"{m.cpu:.1f}",
+                "CPU ms/image": f"{1000 * m.cpu / images:.2f}",
+                "ratio": f"{tfds_seconds / m.seconds:.2f}x" if tfds_seconds else "-",
+                "x floor": f"{m.seconds / floor:.2f}",
+                "peak PSS": f"{m.pss / 2**20:,.0f} MiB",
+                "largest RSS": f"{m.maxrss / 2**20:,.0f} MiB",
+                "bytes written": f"{m.written / 1e9:.2f} GB",
+                "temp peak": f"{m.temp_peak / 1e6:,.0f} MB",
                 "same as TFDS": same_as_tfds,
                 "deterministic": ("yes" if deterministic else "no") if is_engine else "-",
             }  # fmt: skip
@@ -469,14 +484,14 @@ def bench_set(
 
 
 def median_rows(
-    name: str, images: int, results: list[tuple[str, dict]], tfds_seconds: float, floor: float, floor_median: float
+    name: str, images: int, results: list[tuple[str, Measured]], tfds_seconds: float, floor: float, floor_median: float
 ) -> list[dict[str, str]]:
     """Per kind of run (TFDS's, and each of the engine's variants): the median of its runs, its ratio to TFDS's
     median (with the spread of its single runs' ratios to that median), and how far it is from the I/O floor: the
     fastest of the floor's four copies, and their median (like against like: both medians of this VM's swings)."""
     kinds: dict[str, list[float]] = {}
     for label, m in results:
-        kinds.setdefault(label.split(" #")[0], []).append(float(m["seconds"]))
+        kinds.setdefault(label.split(" #")[0], []).append(m.seconds)
     rows = []
     for kind, runs in kinds.items():
         mid = statistics.median(runs)

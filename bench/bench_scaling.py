@@ -63,14 +63,14 @@ def run(root: Path, spec: sample.SampleSpec, counts: list[int], headers: bool) -
                         "--workers", str(workers)], run_dir)  # fmt: skip
         hashes = bp.digests(data / imagenet.DATASET / imagenet.DEFAULT_VERSION)
         first = first or hashes
-        print(f"[scaling] {workers} workers: {m['seconds']:.2f} s {str(m['stats'])[:300]}", file=sys.stderr)
+        print(f"[scaling] {workers} workers: {m.seconds:.2f} s {m.stats[:300]}", file=sys.stderr)
         results.append((workers, m, hashes == first))
         shutil.rmtree(run_dir)
     bp.drop_member_lists(manual)
-    base = float(results[0][1]["seconds"]) * results[0][0]  # (one worker's time, scaled if the list starts above 1)
+    base = results[0][1].seconds * results[0][0]  # (one worker's time, scaled if the list starts above 1)
     rows = []
     for workers, m, same in results:
-        seconds = float(m["seconds"])
+        seconds = m.seconds
         rows.append(
             {
                 "workers": str(workers),
@@ -78,9 +78,9 @@ def run(root: Path, spec: sample.SampleSpec, counts: list[int], headers: bool) -
                 "images/s": f"{images / seconds:,.0f}",
                 "speedup": f"{base / seconds:.2f}x",
                 "efficiency": f"{base / seconds / workers:.0%}",
-                "CPU s": f"{m['cpu']:.1f}",
-                "CPU ms/image": f"{1000 * float(m['cpu']) / images:.2f}",
-                "peak PSS": f"{float(m['pss']) / 2**20:,.0f} MiB",
+                "CPU s": f"{m.cpu:.1f}",
+                "CPU ms/image": f"{1000 * m.cpu / images:.2f}",
+                "peak PSS": f"{m.pss / 2**20:,.0f} MiB",
                 "same bytes as first": "yes" if same else "no",
             }
         )

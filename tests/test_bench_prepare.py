@@ -36,12 +36,15 @@ def test_the_floor_copies_the_tars_bytes(tmp_path: Path, direct: bool) -> None:
 
 
 def test_medians_are_per_kind_of_run_against_tfds_median() -> None:
+    def run(seconds: float) -> bench_prepare.Measured:
+        return bench_prepare.Measured(seconds, 0.0, 0, 0, 0, 0.0, 0, 0, "")
+
     results = [
-        ("parallel, member lists #1", {"seconds": 4.0}),
-        ("tfds #1", {"seconds": 20.0}),
-        ("parallel, member lists #2", {"seconds": 2.0}),
-        ("tfds #2", {"seconds": 30.0}),
-        ("parallel, member lists #3", {"seconds": 5.0}),
+        ("parallel, member lists #1", run(4.0)),
+        ("tfds #1", run(20.0)),
+        ("parallel, member lists #2", run(2.0)),
+        ("tfds #2", run(30.0)),
+        ("parallel, member lists #3", run(5.0)),
     ]
     rows = bench_prepare.median_rows("12k", 1000, results, tfds_seconds=25.0, floor=2.0, floor_median=3.2)
     by_kind = {row["run"].split(":")[0]: row for row in rows}
