@@ -419,11 +419,9 @@ def bench_set(
     # a build made before TFDS's is the same as TFDS's if its bytes are those of one checked against it after
     engine_runs = [k for k, (label, _) in enumerate(results) if label.startswith("parallel")]
     tfds_runs = [m.seconds for label, m in results if label.startswith("tfds")]
-    digests_of = dict(zip(engine_runs, hashes, strict=True))
-    checked = [digests_of[k] for k in engine_runs if same[k] == "yes"]
-    for k in engine_runs:
-        if same[k] == "-" and checked:
-            same[k] = "yes" if digests_of[k] in checked else "no"
+    for k, digest in zip(engine_runs, hashes, strict=True):
+        if same[k] == "-" and matched:
+            same[k] = "yes" if digest in matched else "no"
     out_bytes = results[-1][1].output
     cores = max(2, workers or len(os.sched_getaffinity(0)))
     floors = [(*io_floor(manual, out_bytes, runs_root / "floor", streams, direct), how)
@@ -433,31 +431,19 @@ def bench_set(
     tfds_seconds = statistics.median(tfds_runs) if tfds_runs else None  # (of one run, unless `rounds` > 1)
     deterministic = all(h == hashes[0] for h in hashes[1:])
     rows = [
-        {
-            "set": name,
-            "run": f"I/O floor (read tars + write output; best of 4: {floor_how}; all 4: "
-                   f"{', '.join(f'{f[0]:.2f}' for f in floors)} s)",  # (how much the same copy swings here)
+        _row(name, f"I/O floor (read tars + write output; best of 4: {floor_how}; all 4: "
+                   f"{', '.join(f'{f[0]:.2f}' for f in floors)} s)", {  # (how much the same copy swings here)
             "seconds": f"{floor:.2f}",
             "of it sync": f"{floor_sync:.2f}",
             "images/s": f"{images / floor:,.0f}",
-            "CPU s": "-",
-            "CPU ms/image": "-",
             "ratio": f"{tfds_seconds / floor:.2f}x" if tfds_seconds else "-",
             "x floor": "1.00",
-            "peak PSS": "-",
-            "largest RSS": "-",
-            "bytes written": "-",
-            "temp peak": "-",
-            "same as TFDS": "-",
-            "deterministic": "-",
-        }  # fmt: skip
+        })  # fmt: skip
     ]
     for (label, m), same_as_tfds in zip(results, same, strict=True):
         is_engine = label.startswith("parallel")
         rows.append(
-            {
-                "set": name,
-                "run": label,
+            _row(name, label, {
                 "seconds": f"{m.seconds:.2f}",
                 "of it sync": f"{m.sync:.2f}",
                 "images/s": f"{images / m.seconds:,.0f}",
@@ -471,14 +457,14 @@ def bench_set(
                 "temp peak": f"{m.temp_peak / 1e6:,.0f} MB",
                 "same as TFDS": same_as_tfds,
                 "deterministic": ("yes" if deterministic else "no") if is_engine else "-",
-            }  # fmt: skip
+            })  # fmt: skip
         )
     if rounds > 1 and tfds_seconds:
         rows += median_rows(name, images, results, tfds_seconds, floor, statistics.median(f[0] for f in floors))
     drop_member_lists(manual)
     note = (f"({file_format}, {images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = {floor * 1.3:.2f} s; "
             f"{staging})")  # fmt: skip
-    rows.append({"set": name, "run": note, **{k: "" for k in rows[0] if k not in ("set", "run")}})
+    rows.append(_row(name, note, {}, blank=""))
     shutil.rmtree(runs_root, ignore_errors=True)
     return rows
 
@@ -497,21 +483,24 @@ def median_rows(
         mid = statistics.median(runs)
         spread = f" ({tfds_seconds / max(runs):.2f}-{tfds_seconds / min(runs):.2f}x)" if len(runs) > 1 else ""
         rows.append(
-            {
-                "set": name,
-                "run": f"{kind}: median of {len(runs)} ({', '.join(f'{r:.2f}' for r in runs)} s)",
+            _row(name, f"{kind}: median of {len(runs)} ({', '.join(f'{r:.2f}' for r in runs)} s)", {
                 "seconds": f"{mid:.2f}",
-                "of it sync": "-",
                 "images/s": f"{images / mid:,.0f}",
-                "CPU s": "-",
-                "CPU ms/image": "-",
                 "ratio": f"{tfds_seconds / mid:.2f}x{spread}",
                 "x floor": f"{mid / floor:.2f} ({mid / floor_median:.2f} of its median)",
-                **{k: "-" for k in ("peak PSS", "largest RSS", "bytes written", "temp peak", "same as TFDS",
-                                    "deterministic")},
-            }  # fmt: skip
+            })  # fmt: skip
         )
     return rows
+
+
+COLUMNS = ("seconds", "of it sync", "images/s", "CPU s", "CPU ms/image", "ratio", "x floor", "peak PSS",
+           "largest RSS", "bytes written", "temp peak", "same as TFDS", "deterministic")  # fmt: skip
+
+
+def _row(name: str, run: str, cells: dict[str, str], blank: str = "-") -> dict[str, str]:
+    """A table row: the set, the run, then every column in order, `blank` where `cells` has nothing."""
+    assert set(cells) <= set(COLUMNS), set(cells) - set(COLUMNS)
+    return {"set": name, "run": run, **{column: cells.get(column, blank) for column in COLUMNS}}
 
 
 def print_table(rows: list[dict[str, str]]) -> None:
