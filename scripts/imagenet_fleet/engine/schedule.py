@@ -105,6 +105,11 @@ class Writes:
             self._running[self._pool.submit(write.run, work.make())] = journal
 
     @property
+    def queued(self) -> int:
+        """Units not handed to a worker yet."""
+        return len(self._queue)
+
+    @property
     def pending(self) -> set[Future[tuple[str, int, int]]]:
         return set(self._running)
 
