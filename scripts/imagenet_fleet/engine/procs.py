@@ -7,6 +7,10 @@
   index reads wait on the disk. Neither needs NumPy or TFDS.
 - Children re-import the parent's `__main__` by path: the repo's CLIs (`scripts/*.py`) run `main()` only under an
   `if __name__ == "__main__"` guard, so that is harmless.
+- Workers run at a lower CPU priority (`WORKER_NICE`): what the writers wait on comes first where the cores are
+  short, the build's own process (it hands out the work) and the CMYK/PNG helper (the train split's layout waits
+  on its TensorFlow load); so does anything else the host runs, a training job say. On an idle host with cores to
+  spare it changes nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ import functools
 import importlib
 import multiprocessing
 import multiprocessing.context
+import os
 import sys
 import threading
 
 PRELOAD = ["imagenet_fleet.engine.tarindex"]
 BACKGROUND = "imagenet_fleet.engine.write"
+# 2-core VM, 12k bench sample, 16 alternating runs: 2.50 s median against 2.70 at the same priority (the helper's
+# images converted ~0.1 s sooner, the train pass no slower); 95k: no difference beyond the VM's noise
+WORKER_NICE = 10
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -33,6 +41,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
 def worker_init() -> None:
     """Runs first in every worker."""
+    os.nice(WORKER_NICE)  # (raising one's own niceness needs no privilege)
     threading.Thread(target=importlib.import_module, args=(BACKGROUND,), daemon=True).start()
 
 
