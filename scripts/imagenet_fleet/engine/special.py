@@ -4,7 +4,7 @@ Their new sizes decide where every record after them in their shards goes, so th
 That needs TensorFlow's image ops: a helper process (a fresh interpreter that holds none of this process's
 state) starts as soon as the train tar is known to hold any of those synsets (or before the engine is imported,
 where the train tar is staged: `start_early`), loads TF's kernels through its C API
-(`tfops`: ~0.5 s, against ~4.9 s of CPU for `import tensorflow`) and warms them up while the tars are indexed, then
+(`tfops`: ~0.25 s, against ~4.9 s of CPU for `import tensorflow`) and warms them up while the tars are indexed, then
 converts the images when they arrive and exits, so its memory is held only that long.
 """
 
