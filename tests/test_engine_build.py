@@ -410,3 +410,16 @@ def test_a_special_image_tf_cannot_decode_is_one_user_error() -> None:
     with pytest.raises(UserError, match=name) as raised:
         special.Converter().convert([(name, b"\xff\xd8 not a jpeg")])
     assert "stage the train tar again" in raised.value.fix
+
+
+def test_a_helper_that_dies_is_one_clear_error() -> None:
+    """The helper killed (out of memory, say) before it answers: the build gets an error naming it, not a hang."""
+    from imagenet_fleet.engine import special
+
+    converter = special.Converter()
+    converter._proc.kill()
+    converter._proc.wait()
+    name = min(imagenet.builder_facts().cmyk_images)
+    with pytest.raises(RuntimeError, match="re-encoding helper died"):
+        converter.convert([(name, b"\xff\xd8")])
+    converter.close()  # (again: closing twice is harmless)

@@ -10,18 +10,15 @@ converts the images when they arrive and exits, so its memory is held only that 
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
 import os
-import struct
 import subprocess
 import sys
-import zlib
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from imagenet_fleet import imagenet
-from imagenet_fleet.engine import tfops
+from imagenet_fleet.engine import reencoder
 from imagenet_fleet.errors import UserError
 
 
@@ -33,63 +30,16 @@ def special_synsets() -> frozenset[str]:
     return frozenset(imagenet.synset_of(name) for name in special_names())
 
 
-def reencode(tf: tfops.Eager, name: str, data: bytes) -> bytes:
-    """The imagenet2012 builder's `_fix_image` (versions >= 3.0.0, TFDS 4.9.10): its `jpeg_cmyk_to_rgb` /
-    `png_to_jpeg` are TF ops, run here through TF's C API (`tfops`); the tests compare the result with TFDS's own
-    build, byte for byte (records) and with `_fix_image` itself."""
+def kind_of(name: str) -> str | None:
+    """How the builder's `_fix_image` re-encodes this image: "cmyk", "png", or None (it leaves it as it is)."""
     facts = imagenet.builder_facts()
-    if name in facts.cmyk_images:
-        return tfops.jpeg_cmyk_to_rgb(tf, data)
-    if name in facts.png_images:
-        return tfops.png_to_jpeg(tf, data)
-    return data
-
-
-def _reencode_named(tf: tfops.Eager, name: str, data: bytes) -> bytes:
-    try:
-        return reencode(tf, name, data)
-    except tfops.TFError as exc:
-        raise tfops.TFError(f"{name}: {exc}") from None
-
-
-def tiny_png() -> bytes:
-    """A 2x2 black RGB PNG (to warm TF's kernels up before the real images arrive)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    rows = b"".join(b"\0" + bytes(6) for _ in range(2))
-    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-def serve(fd: int) -> None:
-    """The helper process's main (`Converter`): load TF's kernels and warm them up, then convert what arrives on
-    the connection `fd`, until None (or the parent is gone)."""
-    conn = multiprocessing.connection.Connection(fd)
-    try:
-        tf = tfops.load()
-        tfops.png_to_jpeg(tf, tiny_png())
-        with ThreadPoolExecutor(os.cpu_count() or 1) as threads:  # (the ops run outside the GIL)
-            while (items := conn.recv()) is not None:
-                try:
-                    out = list(threads.map(lambda item: (item[0], _reencode_named(tf, *item)), items))
-                except tfops.TFError as exc:
-                    conn.send(("bad image", str(exc)))
-                    return
-                conn.send(("ok", out))
-    except EOFError:
-        pass  # the parent is gone
-    except BaseException as exc:  # noqa: BLE001 - report anything to the parent, which raises it
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        conn.close()
+    return "cmyk" if name in facts.cmyk_images else "png" if name in facts.png_images else None
 
 
 _HELPER = (
     "import sys; sys.path.insert(0, sys.argv[1])\n"
-    "from imagenet_fleet.engine import special\n"
-    "special.serve(int(sys.argv[2]))"
+    "from imagenet_fleet.engine import reencoder\n"
+    "reencoder.serve(int(sys.argv[2]), int(sys.argv[3]))"
 )
 
 
@@ -97,30 +47,41 @@ class Converter:
     """Runs `_fix_image` for the special images in a helper process started early."""
 
     def __init__(self) -> None:
-        # a fresh interpreter (safe whatever this process holds), started as a plain command: multiprocessing's
-        # spawn would first re-import the caller's __main__, ~0.5 s more before the kernels start loading
-        self._conn, child = multiprocessing.Pipe()
+        # a fresh interpreter (safe whatever this process holds) that imports only what it needs (`reencoder`),
+        # started as a plain command: multiprocessing's spawn would first re-import the caller's __main__, ~0.5 s
+        # more before the kernels start loading
+        child_read, self._write_fd = os.pipe()
+        self._read_fd, child_write = os.pipe()
         scripts = str(Path(__file__).resolve().parents[2])
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _HELPER, scripts, str(child.fileno())], pass_fds=[child.fileno()]
+                [sys.executable, "-c", _HELPER, scripts, str(child_read), str(child_write)],
+                pass_fds=[child_read, child_write],
             )
+        except BaseException:
+            os.close(self._write_fd)
+            os.close(self._read_fd)
+            raise
         finally:
-            child.close()
+            os.close(child_read)
+            os.close(child_write)
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="imagenet-special-send")
         self._sent: list[Future[None]] = []
+        self._lock = threading.Lock()  # (closed by the collector thread or by the build's, whichever comes first)
+        self._closed = False
 
     def submit(self, items: list[tuple[str, bytes]]) -> None:
         """Hand (name, bytes) pairs to the helper; `result()` collects them, re-encoded. Sent by a thread: the pipe
         holds 64 KB, and the helper reads only once its kernels are loaded (a send from the caller's thread stalled
         the build's main loop ~0.8 s there)."""
-        self._sent.append(self._sender.submit(self._conn.send, items))
+        message = [(name, kind_of(name), data) for name, data in items]
+        self._sent.append(self._sender.submit(reencoder.send, self._write_fd, message))
 
     def result(self) -> dict[str, bytes]:
         """name -> re-encoded bytes of the oldest `submit` not collected yet (blocks until the helper has them)."""
         try:
             self._sent.pop(0).result()
-            status, payload = self._conn.recv()
+            status, payload = reencoder.receive(self._read_fd)
         except (EOFError, OSError):  # (the pipe broke: it is gone)
             self.close()
             raise RuntimeError("the image re-encoding helper died (out of memory?)") from None
@@ -137,11 +98,17 @@ class Converter:
         return self.result()
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._conn.close()  # (a send still blocked on the pipe fails now)
-        self._sender.shutdown(wait=True)
+        """Stop the helper. A send still blocked on the pipe fails then (its reader is gone), and a `result()`
+        waiting on the other one sees its end (the helper held its only write end)."""
+        with self._lock:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            self._sender.shutdown(wait=True)
+            if not self._closed:
+                self._closed = True
+                os.close(self._write_fd)
+                os.close(self._read_fd)
 
 
 _early: Converter | None = None

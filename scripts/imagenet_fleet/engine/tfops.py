@@ -16,7 +16,6 @@ import ctypes
 import importlib.util
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 _P = ctypes.c_void_p
@@ -38,14 +37,14 @@ class TFError(RuntimeError):
     """A TF op failed (a corrupt image, say), or TF's libraries are missing."""
 
 
-def _library_dir() -> Path:
+def _library_dir() -> str:
     spec = importlib.util.find_spec("tensorflow")  # (finds the package without running its __init__)
     if spec is None or spec.origin is None:
         raise TFError("TensorFlow is not installed in this environment")
-    return Path(spec.origin).parent
+    return os.path.dirname(spec.origin)
 
 
-def _load_lazily(path: Path) -> ctypes.CDLL:
+def _load_lazily(path: str) -> ctypes.CDLL:
     """`path` loaded with RTLD_LAZY: a function is bound when first called. ctypes.CDLL always adds RTLD_NOW,
     which binds all of the library's ~265,000 symbol references up front: ~0.1 s more of the helper's start,
     which the train split's layout waits on (0.22-0.29 s against 0.34-0.48 s here). The symbols of the library's
@@ -56,7 +55,7 @@ def _load_lazily(path: Path) -> ctypes.CDLL:
     handle = libc.dlopen(os.fsencode(path), os.RTLD_LAZY | os.RTLD_LOCAL)
     if not handle:
         raise OSError((libc.dlerror() or b"dlopen failed").decode(errors="replace"))
-    return ctypes.CDLL(str(path), handle=handle)
+    return ctypes.CDLL(path, handle=handle)
 
 
 def _sig(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> None:
@@ -70,7 +69,8 @@ class Eager:
     def __init__(self) -> None:
         lib_dir = _library_dir()
         try:
-            fw = cc = _load_lazily(lib_dir / "libtensorflow_cc.so.2")  # (libtensorflow_framework comes with it)
+            # (libtensorflow_framework comes with it: the symbols of both are found through this handle)
+            fw = cc = _load_lazily(os.path.join(lib_dir, "libtensorflow_cc.so.2"))
         except OSError as exc:
             raise TFError(f"cannot load TensorFlow's C library from {lib_dir}: {exc}") from None
         _sig(fw, "TF_NewStatus", _P)
