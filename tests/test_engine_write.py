@@ -91,3 +91,15 @@ def test_read_buffers_are_huge_pages() -> None:
         assert huge_kb == write.READ_BYTES // 1024
     finally:
         buf.close()
+
+
+def test_array_record_shards_are_the_files_tfds_adapter_writes(tmp_path: Path) -> None:
+    """The workers call array_record's writer with TFDS's options instead of importing TFDS: the same examples give
+    the same file, byte for byte, as `ArrayRecordFileAdapter.write_examples` (this fails if TFDS changes them)."""
+    from tensorflow_datasets.core import file_adapters
+
+    rng = random.Random(7)
+    examples = [rng.randbytes(rng.randrange(1, 200_000)) for _ in range(40)] + [b"", bytes(70_000)]
+    write.write_array_record(str(tmp_path / "ours"), iter(examples))
+    file_adapters.ArrayRecordFileAdapter.write_examples(tmp_path / "tfds", enumerate(examples))
+    assert (tmp_path / "ours").read_bytes() == (tmp_path / "tfds").read_bytes()

@@ -13,7 +13,8 @@ walks and the flat validation/test tars' are indexed concurrently, and one split
              every record's offset; shard files preallocated;
 4. write   — TFRecord: one sequential pass over the tar in work units (every image byte read once, in tar order),
              each record `pwritev`'d into its place; ArrayRecord (records compressed, so offsets unknown): a job
-             per shard, written front to back by TFDS's writer, its images read from the tar in the shard's order;
+             per shard, written front to back as TFDS's adapter writes it, its images read from the tar in the
+             shard's order;
              either way each image's tar header, read with it, is checked against the index;
 then, for all splits: fdatasync, TFDS metadata, rename into `<data_dir>/imagenet2012/<version>`.
 

@@ -9,7 +9,8 @@ another copy. Each image's header, read with it, is checked against the index on
 Units are independent and idempotent: writing one again writes the same bytes at the same places, which is what
 makes a killed run resumable.
 
-ArrayRecord: a shard job writes one shard front to back with TFDS's own writer (`write_array_record_shard`).
+ArrayRecord: a shard job writes one shard front to back with the writer and options TFDS's own adapter uses
+(`write_array_record_shard`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ HUGE_PAGE = 2 << 20  # read buffers are sized in these (`read_buffer`)
 AHEAD = 2  # reads in flight per worker
 RANDOM_AHEAD = 16  # image reads in flight per worker writing an ArrayRecord shard
 MAX_GAP = 1 << 20  # a read spans a gap of up to this many bytes that are not images
+# The options TFDS's `ArrayRecordFileAdapter.write_examples` gives array_record's writer (TFDS 4.9.10; a test
+# compares the two writers' files byte for byte). Its writer is called directly: importing TFDS's file_adapters
+# costs each worker ~0.6 s of CPU (2-core VM, 12k sample: 5.23 s median against 6.06, 6 alternating runs each)
+ARRAY_RECORD_OPTIONS = "group_size:1"
 
 
 @dataclass
@@ -247,13 +252,23 @@ class ShardJob:
     specials: dict[int, bytes] = field(default_factory=dict)  # index within the shard -> image bytes
 
 
-def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
-    """Write one ArrayRecord shard with TFDS's own writer and options (`ArrayRecordFileAdapter`), its images read
-    straight from the tar in the shard's order (`RANDOM_AHEAD` reads in flight: each image is read once, ~110 KB
-    apiece, which a disk serves at close to its sequential bandwidth). ArrayRecord compresses every record, so
-    offsets are not known in advance: a shard is written front to back, once, with no staging copy."""
-    from tensorflow_datasets.core import file_adapters
+def write_array_record(path: str, examples: Iterator[bytes]) -> None:
+    """What TFDS's `ArrayRecordFileAdapter.write_examples` does: one record per example, in order, TFDS's options."""
+    from array_record.python.array_record_module import ArrayRecordWriter
 
+    writer = ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
+    try:
+        for example in examples:
+            writer.write(example)
+    finally:
+        writer.close()
+
+
+def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
+    """Write one ArrayRecord shard as TFDS's adapter does (`write_array_record`), its images read straight from the
+    tar in the shard's order (`RANDOM_AHEAD` reads in flight: each image is read once, ~110 KB apiece, which a disk
+    serves at close to its sequential bandwidth). ArrayRecord compresses every record, so offsets are not known in
+    advance: a shard is written front to back, once, with no staging copy."""
     fd = _random_inputs.get(job.tar_path)
     n = len(job.names)
 
@@ -264,16 +279,16 @@ def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
         tarindex.check_header(job.tar_path, data[:BLOCK], job.offsets[k], job.names[k], job.sizes[k])
         return job.specials[k] if k in job.specials else data[BLOCK:]
 
-    def examples() -> Iterator[tuple[int, bytes]]:
+    def examples() -> Iterator[bytes]:
         with ThreadPoolExecutor(RANDOM_AHEAD, thread_name_prefix="imagenet-read") as pool:
             ahead: deque[Future[bytes]] = deque()
             for k in range(n):
                 while len(ahead) < RANDOM_AHEAD and k + len(ahead) < n:
                     ahead.append(pool.submit(image, k + len(ahead)))
-                yield k, records.serialize(job.names[k], job.labels[k], ahead.popleft().result())
+                yield records.serialize(job.names[k], job.labels[k], ahead.popleft().result())
 
     partial = f"{job.path}.partial"
-    file_adapters.ArrayRecordFileAdapter.write_examples(partial, examples())
+    write_array_record(partial, examples())
     out = os.open(partial, os.O_RDONLY)
     try:
         os.fdatasync(out)
