@@ -14,7 +14,10 @@ measured too). All engine builds must be byte-identical; a build made before TFD
 when its bytes are those of one compared with TFDS's record by record. With `--rounds N`, TFDS's build and the
 engine's three runs alternate N times after that first engine round (runs #1 are before TFDS's first build), and
 the table adds, per kind of run, the median of its runs and its ratio to the median of TFDS's: this VM's speed
-swings by up to 2.5x from one run to the next, TFDS's included, and one pair of runs can land on either side.
+swings by up to 2.5x from one run to the next, TFDS's included, and one pair of runs can land on either side. Each
+round then ends with one copy of the I/O floor (the engine's way to read), so every engine run is also compared
+with a floor measured minutes from it, not only with the four copies made at the end ("x floor": against the
+fastest of those four; in brackets, against the same round's copy).
 
 Every run, the I/O floor included, is measured the same way: start after `sync`, with the tars and the previous
 run's output evicted from the page cache (`posix_fadvise(DONTNEED)`), and stop after the process has exited AND a
@@ -365,14 +368,25 @@ def bench_set(
     # TFDS's does) pays up to 2.5x the kernel CPU to copy its output into fresh guest pages; both cases are shown.
     # With `rounds` > 1, TFDS's build and the engine's alternate that many times, and medians are compared too.
     engine_round = [("parallel", ""), ("parallel", "between"), ("parallel", "lists")]
+    if rounds > 1 and not skip_tfds:  # (a copy of the floor closes each round: engine runs against a floor near them)
+        engine_round = [*engine_round, ("floor", "")]
     plan = engine_round + (engine_round if skip_tfds else [("tfds", ""), *engine_round]) * rounds
+    cores = max(2, workers or len(os.sched_getaffinity(0)))
     results: list[tuple[str, Measured]] = []
     same: list[str] = []  # per run: same records as TFDS's build?
     hashes: list[dict[str, str]] = []  # per engine run: sha256 of every file
     matched: list[dict[str, str]] = []  # builds found record by record the same as TFDS's
     reference: Path | None = None
     staging = ""
+    round_copies: list[float] = []  # the floor copy that closed each round
+    round_floors: dict[int, float] = {}  # index in results -> the copy that closed its round
     for i, (engine, variant) in enumerate(plan):
+        if engine == "floor":
+            seconds = io_floor(manual, results[-1][1].output, runs_root / "floor", 2 * cores, True)[0]
+            print(f"[{name}] I/O floor, this round's copy: {seconds:.2f} s", file=sys.stderr)
+            round_copies.append(seconds)
+            round_floors.update({k: seconds for k in range(len(results)) if k not in round_floors})
+            continue
         if engine == "parallel":
             listed = use_member_lists(manual, variant == "lists")
             if variant == "lists" and not listed:
@@ -423,16 +437,16 @@ def bench_set(
         if same[k] == "-" and matched:
             same[k] = "yes" if digest in matched else "no"
     out_bytes = results[-1][1].output
-    cores = max(2, workers or len(os.sched_getaffinity(0)))
     floors = [(*io_floor(manual, out_bytes, runs_root / "floor", streams, direct), how)
               for direct, streams, how in [(True, 2 * cores, f"O_DIRECT reads, {2 * cores} streams"),
                                            (False, cores, f"buffered, {cores} streams")] for _ in range(2)]  # fmt: skip
     floor, floor_sync, floor_how = min(floors)  # (a bound: the fastest copy of the four)
     tfds_seconds = statistics.median(tfds_runs) if tfds_runs else None  # (of one run, unless `rounds` > 1)
     deterministic = all(h == hashes[0] for h in hashes[1:])
+    each_round = f"; each round's: {', '.join(f'{f:.2f}' for f in round_copies)} s" if round_copies else ""
     rows = [
         _row(name, f"I/O floor (read tars + write output; best of 4: {floor_how}; all 4: "
-                   f"{', '.join(f'{f[0]:.2f}' for f in floors)} s)", {  # (how much the same copy swings here)
+                   f"{', '.join(f'{f[0]:.2f}' for f in floors)} s{each_round})", {  # (how much one copy swings here)
             "seconds": f"{floor:.2f}",
             "of it sync": f"{floor_sync:.2f}",
             "images/s": f"{images / floor:,.0f}",
@@ -440,8 +454,9 @@ def bench_set(
             "x floor": "1.00",
         })  # fmt: skip
     ]
-    for (label, m), same_as_tfds in zip(results, same, strict=True):
+    for k, ((label, m), same_as_tfds) in enumerate(zip(results, same, strict=True)):
         is_engine = label.startswith("parallel")
+        its_round = f" ({m.seconds / round_floors[k]:.2f})" if k in round_floors else ""
         rows.append(
             _row(name, label, {
                 "seconds": f"{m.seconds:.2f}",
@@ -450,7 +465,7 @@ def bench_set(
                 "CPU s": f"{m.cpu:.1f}",
                 "CPU ms/image": f"{1000 * m.cpu / images:.2f}",
                 "ratio": f"{tfds_seconds / m.seconds:.2f}x" if tfds_seconds else "-",
-                "x floor": f"{m.seconds / floor:.2f}",
+                "x floor": f"{m.seconds / floor:.2f}{its_round}",
                 "peak PSS": f"{m.pss / 2**20:,.0f} MiB",
                 "largest RSS": f"{m.maxrss / 2**20:,.0f} MiB",
                 "bytes written": f"{m.written / 1e9:.2f} GB",
@@ -460,7 +475,8 @@ def bench_set(
             })  # fmt: skip
         )
     if rounds > 1 and tfds_seconds:
-        rows += median_rows(name, images, results, tfds_seconds, floor, statistics.median(f[0] for f in floors))
+        rows += median_rows(name, images, results, tfds_seconds, floor, statistics.median(f[0] for f in floors),
+                            round_floors)  # fmt: skip
     drop_member_lists(manual)
     note = (f"({file_format}, {images:,} images, output {out_bytes / 1e9:.2f} GB, floor x1.3 = {floor * 1.3:.2f} s; "
             f"{staging})")  # fmt: skip
@@ -470,24 +486,36 @@ def bench_set(
 
 
 def median_rows(
-    name: str, images: int, results: list[tuple[str, Measured]], tfds_seconds: float, floor: float, floor_median: float
+    name: str,
+    images: int,
+    results: list[tuple[str, Measured]],
+    tfds_seconds: float,
+    floor: float,
+    floor_median: float,
+    round_floors: dict[int, float] | None = None,
 ) -> list[dict[str, str]]:
     """Per kind of run (TFDS's, and each of the engine's variants): the median of its runs, its ratio to TFDS's
     median (with the spread of its single runs' ratios to that median), and how far it is from the I/O floor: the
-    fastest of the floor's four copies, and their median (like against like: both medians of this VM's swings)."""
+    fastest of the floor's four copies, their median (like against like: both medians of this VM's swings), and,
+    where rounds closed with a copy of the floor (`round_floors`: index in `results` -> seconds), the median of
+    each run's ratio to its own round's copy (the VM's drift over a bench cancels out)."""
     kinds: dict[str, list[float]] = {}
-    for label, m in results:
+    per_round: dict[str, list[float]] = {}
+    for k, (label, m) in enumerate(results):
         kinds.setdefault(label.split(" #")[0], []).append(m.seconds)
+        if round_floors and k in round_floors:
+            per_round.setdefault(label.split(" #")[0], []).append(m.seconds / round_floors[k])
     rows = []
     for kind, runs in kinds.items():
         mid = statistics.median(runs)
         spread = f" ({tfds_seconds / max(runs):.2f}-{tfds_seconds / min(runs):.2f}x)" if len(runs) > 1 else ""
+        same_round = f"; {statistics.median(per_round[kind]):.2f} of its round's" if kind in per_round else ""
         rows.append(
             _row(name, f"{kind}: median of {len(runs)} ({', '.join(f'{r:.2f}' for r in runs)} s)", {
                 "seconds": f"{mid:.2f}",
                 "images/s": f"{images / mid:,.0f}",
                 "ratio": f"{tfds_seconds / mid:.2f}x{spread}",
-                "x floor": f"{mid / floor:.2f} ({mid / floor_median:.2f} of its median)",
+                "x floor": f"{mid / floor:.2f} ({mid / floor_median:.2f} of its median{same_round})",
             })  # fmt: skip
         )
     return rows

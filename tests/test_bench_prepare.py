@@ -54,3 +54,15 @@ def test_medians_are_per_kind_of_run_against_tfds_median() -> None:
     assert lists["ratio"] == "6.25x (5.00-12.50x)"  # 25 / 4, and 25 / 5 to 25 / 2
     assert lists["x floor"] == "2.00 (1.25 of its median)"
     assert by_kind["tfds"]["seconds"] == "25.00" and by_kind["tfds"]["ratio"] == "1.00x (0.83-1.25x)"
+
+
+def test_each_run_is_also_compared_with_its_own_rounds_floor() -> None:
+    def run(seconds: float) -> bench_prepare.Measured:
+        return bench_prepare.Measured(seconds, 0.0, 0, 0, 0, 0.0, 0, 0, "")
+
+    results = [("parallel, member lists #1", run(4.0)), ("tfds #1", run(20.0)), ("parallel, member lists #2", run(3.0))]
+    round_floors = {0: 2.0, 1: 3.0, 2: 3.0}  # (round 1 closed by a 2 s copy, round 2 by a 3 s one)
+    rows = bench_prepare.median_rows("12k", 1000, results, 20.0, floor=2.0, floor_median=2.5, round_floors=round_floors)
+    lists = next(row for row in rows if row["run"].startswith("parallel, member lists:"))
+    assert lists["seconds"] == "3.50"
+    assert lists["x floor"] == "1.75 (1.40 of its median; 1.50 of its round's)"  # median of 4 / 2 and 3 / 3
