@@ -93,13 +93,31 @@ def test_read_buffers_are_huge_pages() -> None:
         buf.close()
 
 
-def test_array_record_shards_are_the_files_tfds_adapter_writes(tmp_path: Path) -> None:
-    """The workers call array_record's writer with TFDS's options instead of importing TFDS: the same examples give
-    the same file, byte for byte, as `ArrayRecordFileAdapter.write_examples` (this fails if TFDS changes them)."""
+def test_array_record_shards_use_tfds_adapter_options_uncompressed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers call array_record's writer with the options TFDS's adapter gives it (caught here, so a TFDS that
+    changes them fails this test), plus `uncompressed`; the file holds the examples, in order, stored as such."""
+    from array_record.python import array_record_module
     from tensorflow_datasets.core import file_adapters
+
+    writer, seen = array_record_module.ArrayRecordWriter, []
+
+    def spy(path: str, options: str) -> object:
+        seen.append(options)
+        return writer(path, options)
+
+    monkeypatch.setattr(array_record_module, "ArrayRecordWriter", spy)
+    file_adapters.ArrayRecordFileAdapter.write_examples(tmp_path / "tfds", enumerate([b"x"]))
+    assert len(seen) == 1 and write.ARRAY_RECORD_OPTIONS == seen[0] + ",uncompressed"
+    monkeypatch.undo()
 
     rng = random.Random(7)
     examples = [rng.randbytes(rng.randrange(1, 200_000)) for _ in range(40)] + [b"", bytes(70_000)]
     write.write_array_record(str(tmp_path / "ours"), iter(examples))
-    file_adapters.ArrayRecordFileAdapter.write_examples(tmp_path / "tfds", enumerate(examples))
-    assert (tmp_path / "ours").read_bytes() == (tmp_path / "tfds").read_bytes()
+    reader = array_record_module.ArrayRecordReader(str(tmp_path / "ours"))
+    try:
+        assert reader.read_all() == examples
+        assert "uncompressed" in reader.writer_options_string()
+    finally:
+        reader.close()
