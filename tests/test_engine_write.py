@@ -4,6 +4,7 @@ fit their buffers, and the buffers are huge pages where the kernel has them."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import random
 from array import array
@@ -121,3 +122,24 @@ def test_array_record_shards_use_tfds_adapter_options_uncompressed(
         assert "uncompressed" in reader.writer_options_string()
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_image_reads_return_the_exact_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """ArrayRecord's random reads: unaligned ranges, with O_DIRECT or, where it is refused, through the cache."""
+    path = tmp_path / "blob"
+    data = os.urandom(5 << 20 | 1234)
+    path.write_bytes(data)
+    reads = write._ImageReads()
+    if not direct:
+
+        def refuse(*_: object) -> bytes:
+            raise OSError(errno.EINVAL, "O_DIRECT refused")
+
+        monkeypatch.setattr(reads, "_read_direct", refuse)
+    rng = random.Random(7)
+    ranges = [(0, 1), (1, 4097), (4095, 4097), (511, 3 << 20), (len(data) - 10, 10), (len(data) - 10, 500)]
+    ranges += [(rng.randrange(len(data)), rng.randrange(1, 300_000)) for _ in range(30)]
+    for start, length in ranges:
+        assert reads.read(str(path), start, length) == data[start : start + length]
+    assert (str(path) in reads._refused) is not direct

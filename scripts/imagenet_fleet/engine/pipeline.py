@@ -12,9 +12,9 @@ walks and the flat validation/test tars' are indexed concurrently, and one split
 3. layout  — TFDS's order, shard count, boundaries and names (TFDS's shard rule, without importing TFDS: `plan`);
              every record's offset; shard files preallocated;
 4. write   — TFRecord: one sequential pass over the tar in work units (every image byte read once, in tar order),
-             each record `pwritev`'d into its place; ArrayRecord (records compressed, so offsets unknown): a job
-             per shard, written front to back as TFDS's adapter writes it, its images read from the tar in the
-             shard's order;
+             each record `pwritev`'d into its place; ArrayRecord (its writer lays out its own chunks): a job per
+             shard, written front to back as TFDS's adapter writes it but uncompressed, its images read from the tar
+             in the shard's order;
              either way each image's tar header, read with it, is checked against the index;
 then, for all splits: fdatasync, TFDS metadata, rename into `<data_dir>/imagenet2012/<version>`.
 

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import mmap
 import os
+import threading
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -202,6 +203,47 @@ def read_buffer(size: int) -> mmap.mmap:
     return buf
 
 
+class _ImageReads:
+    """Single images read at random (an ArrayRecord shard's, in the shard's order; several threads at once) with
+    O_DIRECT where the filesystem allows it, into a buffer of the thread's own. Through the page cache each read
+    fills fresh pages that are never read again, and at scale the kernel's work on them dominated: 95k sample,
+    array_record, 3 alternating runs: 31.3 s median against 44.8, 22-26 s of kernel CPU against 49-54."""
+
+    def __init__(self) -> None:
+        self._direct = _Files(os.O_RDONLY | os.O_DIRECT, limit=8)
+        self._refused: set[str] = set()  # files O_DIRECT does not work on (tmpfs, some network filesystems)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def read(self, path: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (fewer at the end of the file)."""
+        if path not in self._refused:
+            try:
+                with self._lock:
+                    fd = self._direct.get(path)
+                return self._read_direct(fd, start, length)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._refused.add(path)
+        with self._lock:
+            fd = _random_inputs.get(path)
+        return os.pread(fd, length, start)
+
+    def _read_direct(self, fd: int, start: int, length: int) -> bytes:
+        base = start - start % ALIGN
+        span = -(-(start + length - base) // ALIGN) * ALIGN
+        buf: mmap.mmap | None = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < span:
+            if buf is not None:
+                buf.close()
+            buf = self._local.buf = read_buffer(-(-span // HUGE_PAGE) * HUGE_PAGE)
+        with memoryview(buf)[:span] as view:
+            got = os.preadv(fd, [view], base)
+            return bytes(view[start - base : max(start - base, min(got, start + length - base))])
+
+
+_image_reads = _ImageReads()
 _reader: _Reader | None = None
 
 
@@ -271,14 +313,13 @@ def write_array_record(path: str, examples: Iterator[bytes]) -> None:
 
 def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
     """Write one ArrayRecord shard as TFDS's adapter does (`write_array_record`), its images read straight from the
-    tar in the shard's order (`RANDOM_AHEAD` reads in flight: each image is read once, ~110 KB apiece, which a disk
-    serves at close to its sequential bandwidth). ArrayRecord compresses every record, so offsets are not known in
-    advance: a shard is written front to back, once, with no staging copy."""
-    fd = _random_inputs.get(job.tar_path)
+    tar in the shard's order (`RANDOM_AHEAD` reads in flight, with O_DIRECT: `_ImageReads`; each image is read once,
+    ~110 KB apiece). The writer lays out its own chunks and index, so offsets are not
+    computed in advance: a shard is written front to back, once, with no staging copy."""
     n = len(job.names)
 
     def image(k: int) -> bytes:
-        data = os.pread(fd, BLOCK + job.sizes[k], job.offsets[k] - BLOCK)
+        data = _image_reads.read(job.tar_path, job.offsets[k] - BLOCK, BLOCK + job.sizes[k])
         if len(data) != BLOCK + job.sizes[k]:
             raise OSError(f"{job.tar_path}: short read at byte {job.offsets[k]}")
         tarindex.check_header(job.tar_path, data[:BLOCK], job.offsets[k], job.names[k], job.sizes[k])
