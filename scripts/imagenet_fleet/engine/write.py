@@ -37,6 +37,7 @@ SLACK = BLOCK + 2 * ALIGN  # what a read adds to its records' bytes: the first o
 HUGE_PAGE = 2 << 20  # read buffers are sized in these (`read_buffer`)
 AHEAD = 2  # reads in flight per worker
 RANDOM_AHEAD = 16  # image reads in flight per worker writing an ArrayRecord shard
+IMAGE_BUFFER = 256 << 10  # each of those reads' buffer, at least (an image is ~110 KB; a larger one gets its own)
 MAX_GAP = 1 << 20  # a read spans a gap of up to this many bytes that are not images
 # The options TFDS's `ArrayRecordFileAdapter.write_examples` gives array_record's writer (TFDS 4.9.10: "group_size:1",
 # a test checks it), uncompressed. With those options every record is compressed (array_record's default, zstd
@@ -205,9 +206,10 @@ def read_buffer(size: int) -> mmap.mmap:
 
 class _ImageReads:
     """Single images read at random (an ArrayRecord shard's, in the shard's order; several threads at once) with
-    O_DIRECT where the filesystem allows it, into a buffer of the thread's own. Through the page cache each read
-    fills fresh pages that are never read again, and at scale the kernel's work on them dominated: 95k sample,
-    array_record, 3 alternating runs: 31.3 s median against 44.8, 22-26 s of kernel CPU against 49-54."""
+    O_DIRECT where the filesystem allows it, into a buffer of the thread's own (`IMAGE_BUFFER`: 4 MB a worker).
+    Through the page cache each read fills fresh pages that are never read again, and at scale the kernel's work on
+    them dominated: 95k sample, array_record, 3 alternating runs: 31.3 s median against 44.8, 22-26 s of kernel CPU
+    against 49-54."""
 
     def __init__(self) -> None:
         self._direct = _Files(os.O_RDONLY | os.O_DIRECT, limit=8)
@@ -237,7 +239,7 @@ class _ImageReads:
         if buf is None or len(buf) < span:
             if buf is not None:
                 buf.close()
-            buf = self._local.buf = read_buffer(-(-span // HUGE_PAGE) * HUGE_PAGE)
+            buf = self._local.buf = mmap.mmap(-1, max(span, IMAGE_BUFFER))  # (page-aligned, as O_DIRECT needs)
         with memoryview(buf)[:span] as view:
             got = os.preadv(fd, [view], base)
             return bytes(view[start - base : max(start - base, min(got, start + length - base))])
@@ -314,8 +316,8 @@ def write_array_record(path: str, examples: Iterator[bytes]) -> None:
 def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
     """Write one ArrayRecord shard as TFDS's adapter does (`write_array_record`), its images read straight from the
     tar in the shard's order (`RANDOM_AHEAD` reads in flight, with O_DIRECT: `_ImageReads`; each image is read once,
-    ~110 KB apiece). The writer lays out its own chunks and index, so offsets are not
-    computed in advance: a shard is written front to back, once, with no staging copy."""
+    ~110 KB apiece). The writer lays out its own chunks and index, so offsets are not computed in advance: a shard
+    is written front to back, once, with no staging copy."""
     n = len(job.names)
 
     def image(k: int) -> bytes:
