@@ -502,9 +502,10 @@ def median_rows(
     kinds: dict[str, list[float]] = {}
     per_round: dict[str, list[float]] = {}
     for k, (label, m) in enumerate(results):
-        kinds.setdefault(label.split(" #")[0], []).append(m.seconds)
+        kind = label.split(" #")[0]
+        kinds.setdefault(kind, []).append(m.seconds)
         if round_floors and k in round_floors:
-            per_round.setdefault(label.split(" #")[0], []).append(m.seconds / round_floors[k])
+            per_round.setdefault(kind, []).append(m.seconds / round_floors[k])
     rows = []
     for kind, runs in kinds.items():
         mid = statistics.median(runs)

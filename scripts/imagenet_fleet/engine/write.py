@@ -172,8 +172,7 @@ class _Reader:
         return self._pool.submit(self._read, buf, path, fd, is_direct, start, end)
 
     def _read(self, buf: mmap.mmap, path: str, fd: int, direct: bool, start: int, end: int) -> tuple[memoryview, int]:
-        base = start - start % ALIGN if direct else start
-        length = (end - base + ALIGN - 1) // ALIGN * ALIGN if direct else end - base
+        base, length = _aligned(start, end) if direct else (start, end - start)
         if length > len(buf):
             buf = read_buffer(length)  # (one image larger than a read)
         view = memoryview(buf)[:length]
@@ -189,6 +188,12 @@ class _Reader:
             view.release()
             raise OSError(f"{path}: short read at byte {start} ({got - (start - base)} of {end - start} bytes)")
         return view, base
+
+
+def _aligned(start: int, end: int) -> tuple[int, int]:
+    """The O_DIRECT read that covers [start, end): its offset and length, both multiples of `ALIGN`."""
+    base = start - start % ALIGN
+    return base, -(-(end - base) // ALIGN) * ALIGN
 
 
 def read_buffer(size: int) -> mmap.mmap:
@@ -233,8 +238,7 @@ class _ImageReads:
         return os.pread(fd, length, start)
 
     def _read_direct(self, fd: int, start: int, length: int) -> bytes:
-        base = start - start % ALIGN
-        span = -(-(start + length - base) // ALIGN) * ALIGN
+        base, span = _aligned(start, start + length)
         buf: mmap.mmap | None = getattr(self._local, "buf", None)
         if buf is None or len(buf) < span:
             if buf is not None:
