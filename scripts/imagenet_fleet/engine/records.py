@@ -109,9 +109,9 @@ def record_size(file_name: str, label: int, image_len: int) -> int:
     return 1 + _vlen(features_len) + features_len
 
 
-def serialize(file_name: str, label: int, image: bytes) -> bytes:
+def serialize(file_name: str, label: int, image: bytes | memoryview) -> bytes:
     prefix, suffix = example_parts(file_name, label, len(image))
-    return prefix + image + suffix
+    return b"".join((prefix, image, suffix))  # (one copy of the image)
 
 
 def masked_crc(*chunks: bytes | memoryview) -> int:
