@@ -4,7 +4,6 @@ fit their buffers, and the buffers are huge pages where the kernel has them."""
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import random
 from array import array
@@ -92,54 +91,3 @@ def test_read_buffers_are_huge_pages() -> None:
         assert huge_kb == write.READ_BYTES // 1024
     finally:
         buf.close()
-
-
-def test_array_record_shards_use_tfds_adapter_options_uncompressed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The workers call array_record's writer with the options TFDS's adapter gives it (caught here, so a TFDS that
-    changes them fails this test), plus `uncompressed`; the file holds the examples, in order, stored as such."""
-    from array_record.python import array_record_module
-    from tensorflow_datasets.core import file_adapters
-
-    writer, seen = array_record_module.ArrayRecordWriter, []
-
-    def spy(path: str, options: str) -> object:
-        seen.append(options)
-        return writer(path, options)
-
-    monkeypatch.setattr(array_record_module, "ArrayRecordWriter", spy)
-    file_adapters.ArrayRecordFileAdapter.write_examples(tmp_path / "tfds", enumerate([b"x"]))
-    assert len(seen) == 1 and write.ARRAY_RECORD_OPTIONS == seen[0] + ",uncompressed"
-    monkeypatch.undo()
-
-    rng = random.Random(7)
-    examples = [rng.randbytes(rng.randrange(1, 200_000)) for _ in range(40)] + [b"", bytes(70_000)]
-    write.write_array_record(str(tmp_path / "ours"), iter(examples))
-    reader = array_record_module.ArrayRecordReader(str(tmp_path / "ours"))
-    try:
-        assert reader.read_all() == examples
-        assert "uncompressed" in reader.writer_options_string()
-    finally:
-        reader.close()
-
-
-@pytest.mark.parametrize("direct", [True, False])
-def test_image_reads_return_the_exact_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
-    """ArrayRecord's random reads: unaligned ranges, with O_DIRECT or, where it is refused, through the cache."""
-    path = tmp_path / "blob"
-    data = os.urandom(5 << 20 | 1234)
-    path.write_bytes(data)
-    reads = write._ImageReads()
-    if not direct:
-
-        def refuse(*_: object) -> bytes:
-            raise OSError(errno.EINVAL, "O_DIRECT refused")
-
-        monkeypatch.setattr(reads, "_read_direct", refuse)
-    rng = random.Random(7)
-    ranges = [(0, 1), (1, 4097), (4095, 4097), (511, 3 << 20), (len(data) - 10, 10), (len(data) - 10, 500)]
-    ranges += [(rng.randrange(len(data)), rng.randrange(1, 300_000)) for _ in range(30)]
-    for start, length in ranges:
-        assert reads.read(str(path), start, length) == data[start : start + length]
-    assert (str(path) in reads._refused) is not direct

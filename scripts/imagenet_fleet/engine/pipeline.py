@@ -10,18 +10,18 @@ walks and the flat validation/test tars' are indexed concurrently, and one split
 2. special — (train) the 23 CMYK/PNG images are read and re-encoded by the helper, warm by then: their new sizes
              are known before anything is laid out;
 3. layout  — TFDS's order, shard count, boundaries and names (TFDS's shard rule, without importing TFDS: `plan`);
-             every record's offset; shard files preallocated;
-4. write   — TFRecord: one sequential pass over the tar in work units (every image byte read once, in tar order),
-             each record `pwritev`'d into its place; ArrayRecord (its writer lays out its own chunks): a job per
-             shard, written front to back as TFDS's adapter writes it but uncompressed, its images read from the tar
-             in the shard's order;
-             either way each image's tar header, read with it, is checked against the index;
+             every record's offset (ArrayRecord: its chunk's); shard files preallocated;
+4. write   — one sequential pass over the tar in work units (every image byte read once, in tar order), each
+             record written into its place: TFRecord's framed record `pwritev`'d; ArrayRecord's chunk, as
+             array_record's own writer makes it, cut out of a scratch file in memory (`arrayrecord`), and a job per
+             shard for its block headers, footer and postscript; each image's tar header, read with it, is checked
+             against the index;
 then, for all splits: fdatasync, TFDS metadata, rename into `<data_dir>/imagenet2012/<version>`.
 
 Resume: the work happens in a stable folder beside `data_dir` (`work_dir`), with a journal per split of its finished
-units (`A:<split>:<first record>`, or `S:<split>:<shard>` for ArrayRecord), headed by the split's fingerprint. A
-re-run with the same inputs skips the journaled units; a split whose inputs changed starts over. Output bytes depend
-only on the tars (not on `workers`, timing, or which units were resumed).
+units (`A:<split>:<first record>`; `F:<split>:<shard>` for an ArrayRecord shard's frame), headed by the split's
+fingerprint. A re-run with the same inputs skips the journaled units; a split whose inputs changed starts over.
+Output bytes depend only on the tars (not on `workers`, timing, or which units were resumed).
 """
 
 from __future__ import annotations
@@ -433,14 +433,12 @@ class _Build:
         self.clock.lap("index+write")
 
     def _time_to_import_tfds(self) -> bool:
-        """TFDS's ~1 s of CPU, for the metadata, is best spent where the cores would idle otherwise. TFRecord: once
-        the last units are in the workers' hands, so that it runs while the final fdatasync waits on the disk (on
-        the 2-core VM the 12k build's train pass then took ~0.15 s less: 16 alternating runs, 2.70 s median against
-        2.77). ArrayRecord has no such wait (each shard job syncs its own file): as soon as every split is laid
-        out, not while the index and the CMYK/PNG helper need the cores."""
+        """TFDS's ~1 s of CPU, for the metadata, is best spent where the cores would idle otherwise: once the last
+        units are in the workers' hands, so that it runs while the final fdatasync waits on the disk (on the 2-core
+        VM the 12k build's train pass then took ~0.15 s less: 16 alternating runs, 2.70 s median against 2.77)."""
         if self.index.pending:
             return False
-        return self.file_format == "array_record" or not self.writes.queued
+        return not self.writes.queued
 
     def _import_tfds(self) -> _Metadata:
         return _Metadata(self.work_dir, self.version, self.file_format, self.clock)
@@ -490,11 +488,6 @@ class _Build:
         """The split's work (all of it, and what is left of it) and its journal; TFRecord shards preallocated."""
         fp = fingerprint(plan, self.version, self.file_format)
         split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp)
-        if self.file_format == "array_record":  # a job writes its shard whole or not at all
-            jobs = schedule.shard_jobs(plan, paths)
-            todo = [job for job, path in zip(jobs, paths, strict=True)
-                    if job.key not in split_journal.done or not os.path.exists(path)]  # fmt: skip
-            return jobs, todo, split_journal
         if split_journal.resumed and not all(os.path.exists(path) for path in paths):
             split_journal.close()  # some shard files are gone: start over
             split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp, fresh=True)
@@ -503,18 +496,19 @@ class _Build:
                 write.preallocate(path, size)
         # O_DIRECT for a tar the index did not read (the train tar; a listed one): no page cache for bytes read once
         direct = plan.split == "train" or plan.split in self.index.staged
-        units = schedule.make_units(plan, paths, self.unit_bytes, direct, self.workers)
+        units = schedule.make_units(plan, paths, self.unit_bytes, direct, self.workers, self.file_format)
+        if self.file_format == "array_record":
+            units = schedule.interleave(units, schedule.frame_jobs(plan, paths))
         return units, [unit for unit in units if unit.key not in split_journal.done], split_journal
 
     def _finish(self) -> None:
-        """5. Every shard on disk (fdatasync'd by the workers; an ArrayRecord shard job syncs its own file), TFDS's
-        metadata, and the build renamed into place. (Syncing a split's shards as soon as it is written, during the
-        train tar's index, was tried: no faster at 95k, and more CPU.)"""
-        if self.file_format == "tfrecord":
-            paths = [str(self.version_dir / name) for plan in self.plans for name in plan.shard_names]
-            n = min(self.workers, len(paths))
-            _ = list(self.pool.map(write.sync_files, [paths[i::n] for i in range(n)]))
-            self.clock.mark("synced")
+        """5. Every shard on disk (fdatasync'd by the workers), TFDS's metadata, and the build renamed into place.
+        (Syncing a split's shards as soon as it is written, during the train tar's index, was tried: no faster at
+        95k, and more CPU.)"""
+        paths = [str(self.version_dir / name) for plan in self.plans for name in plan.shard_names]
+        n = min(self.workers, len(paths))
+        _ = list(self.pool.map(write.sync_files, [paths[i::n] for i in range(n)]))
+        self.clock.mark("synced")
         splits = [(p.split, p.shard_lengths, p.total_size) for p in self.plans]
         assert self.metadata is not None
         self.metadata.write(self.version_dir, splits)

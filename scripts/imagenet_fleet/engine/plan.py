@@ -25,6 +25,7 @@ from types import ModuleType
 import numpy as np
 
 from imagenet_fleet import imagenet
+from imagenet_fleet.engine import arrayrecord
 from imagenet_fleet.engine.records import TFRECORD_OVERHEAD
 from imagenet_fleet.engine.tarindex import ENCODING, ERRORS, ChainIndex
 from imagenet_fleet.errors import UserError
@@ -92,7 +93,7 @@ class SplitPlan:
     fetched_at: dict[str, int] = field(default_factory=dict)  # the keys the index read the images of -> index
     num_shards: int = 0
     shard_of: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    dest: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # byte offset in its shard file
+    dest: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # offset in its shard (`lay_out`)
     rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # position in TFDS's order
     shard_lengths: list[int] = field(default_factory=list)
     shard_file_sizes: list[int] = field(default_factory=list)
@@ -148,7 +149,8 @@ def shard_name(split: str, file_format: str, index: int, num_shards: int) -> str
 
 def lay_out(plan: SplitPlan, num_shards: int | None, file_format: str) -> None:
     """Fill in the plan's shard count (TFDS's rule, or `num_shards` as TFDS's `DownloadConfig` takes it), boundaries,
-    file names, and every record's shard and offset."""
+    file names, and every record's shard and offset: TFRecord, the byte offset of its framed record; ArrayRecord, its
+    chunk's logical place (`arrayrecord.physical` maps it to the file), with `shard_file_sizes` up to the footer."""
     shard_utils = tfds_shard_utils()
     n = len(plan)
     if n == 0:
@@ -157,7 +159,8 @@ def lay_out(plan: SplitPlan, num_shards: int | None, file_format: str) -> None:
     num_shards = shard_utils.ShardConfig(num_shards=num_shards).get_number_shards(plan.total_size, n)
     bounds = np.asarray(shard_utils.get_shard_boundaries(n, num_shards), dtype=np.int64)
     rank_shard = np.searchsorted(bounds, np.arange(n), side="right").astype(np.int32)
-    framed = plan.record_sizes[order] + TFRECORD_OVERHEAD
+    sizes = plan.record_sizes[order]
+    framed = chunk_sizes(sizes) if file_format == "array_record" else sizes + TFRECORD_OVERHEAD
     ends = np.cumsum(framed)
     starts = ends - framed
     shard_first = np.concatenate(([0], bounds[:-1]))
@@ -172,7 +175,16 @@ def lay_out(plan: SplitPlan, num_shards: int | None, file_format: str) -> None:
     plan.rank[order] = np.arange(n, dtype=np.int64)
     plan.shard_lengths = np.diff(np.concatenate(([0], bounds))).astype(int).tolist()
     plan.shard_file_sizes = np.bincount(rank_shard, weights=framed, minlength=num_shards).astype(np.int64).tolist()
+    if file_format == "array_record":  # chunks' logical places; the file up to the footer (`arrayrecord`)
+        plan.dest += arrayrecord.FIRST_CHUNK
+        plan.shard_file_sizes = [arrayrecord.physical(arrayrecord.FIRST_CHUNK + n) for n in plan.shard_file_sizes]
     plan.shard_names = [shard_name(plan.split, file_format, i, num_shards) for i in range(num_shards)]
+
+
+def chunk_sizes(record_sizes: np.ndarray) -> np.ndarray:
+    """`arrayrecord.chunk_size` of each record size (a size's varint is at most 10 bytes: its length's is 1)."""
+    varint = 1 + sum((record_sizes >= 1 << (7 * k)).astype(np.int64) for k in range(1, 10))
+    return arrayrecord.CHUNK_HEADER + 2 + varint + record_sizes
 
 
 def units(plan: SplitPlan, unit_bytes: int) -> list[tuple[int, int]]:

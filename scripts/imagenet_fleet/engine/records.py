@@ -85,17 +85,17 @@ def example_parts(file_name: str, label: int, image_len: int) -> tuple[bytes, by
     return prefix, label_entry
 
 
-def _vlen(value: int) -> int:
+def varint_len(value: int) -> int:
     """len(varint(value)) for value >= 0."""
     return max(1, -(-value.bit_length() // 7))
 
 
 def _bytes_entry_len(key_len: int, value_len: int) -> int:
     """len(_bytes_entry(key, value)), arithmetically."""
-    bytes_list_len = 1 + _vlen(value_len) + value_len
-    feature_len = 1 + _vlen(bytes_list_len) + bytes_list_len
-    entry_len = 1 + _vlen(key_len) + key_len + 1 + _vlen(feature_len) + feature_len
-    return 1 + _vlen(entry_len) + entry_len
+    bytes_list_len = 1 + varint_len(value_len) + value_len
+    feature_len = 1 + varint_len(bytes_list_len) + bytes_list_len
+    entry_len = 1 + varint_len(key_len) + key_len + 1 + varint_len(feature_len) + feature_len
+    return 1 + varint_len(entry_len) + entry_len
 
 
 def record_size(file_name: str, label: int, image_len: int) -> int:
@@ -106,7 +106,7 @@ def record_size(file_name: str, label: int, image_len: int) -> int:
         + _bytes_entry_len(len(_KEY_IMAGE), image_len)
         + len(_label_entry(label))
     )
-    return 1 + _vlen(features_len) + features_len
+    return 1 + varint_len(features_len) + features_len
 
 
 def serialize(file_name: str, label: int, image: bytes | memoryview) -> bytes:

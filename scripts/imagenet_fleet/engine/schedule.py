@@ -1,5 +1,5 @@
-"""The writers' work, from the plan: TFRecord work units (runs of a tar, each record to its place) or ArrayRecord
-shard jobs (a shard's records in TFDS's order), and the queue that keeps them flowing to the worker processes."""
+"""The writers' work, from the plan: work units (runs of a tar, each record to its place), ArrayRecord's frame jobs
+(a shard's block headers, footer and postscript), and the queue that keeps them flowing to the worker processes."""
 
 from __future__ import annotations
 
@@ -41,10 +41,12 @@ class Work:
     records' names and numbers, and ILSVRC2012's made all at once would hold ~100 MB until the end."""
 
     key: str
-    make: Callable[[], write.Unit | write.ShardJob]
+    make: Callable[[], write.Unit | write.FrameJob]
 
 
-def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct: bool, workers: int) -> list[Work]:
+def make_units(
+    plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct: bool, workers: int, file_format: str
+) -> list[Work]:
     # evict the tar's bytes once written only where the page cache will be under pressure: no gain otherwise
     drop = os.path.getsize(plan.tar_path) > os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     read_bytes = write.read_bytes(workers)
@@ -60,6 +62,7 @@ def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct:
             drop=drop,
             direct=direct,
             read_bytes=read_bytes,
+            array_record=file_format == "array_record",
             **records_of(plan, sel),
         )
 
@@ -67,16 +70,23 @@ def make_units(plan: SplitPlan, shard_paths: list[str], unit_bytes: int, direct:
             for start, end in units(plan, unit_bytes)]  # fmt: skip
 
 
-def shard_jobs(plan: SplitPlan, paths: list[str]) -> list[Work]:
-    """ArrayRecord: a job per shard, its records in TFDS's order."""
-    order = np.argsort(plan.rank, kind="stable")  # tar-order indices, in TFDS's order
+def frame_jobs(plan: SplitPlan, paths: list[str]) -> list[Work]:
+    """ArrayRecord: a job per shard for what it holds besides its records' chunks (`arrayrecord.write_frame`)."""
+    order = np.argsort(plan.rank, kind="stable")
     ends = np.cumsum(plan.shard_lengths)
 
-    def job(k: int) -> write.ShardJob:
+    def job(k: int) -> write.FrameJob:
         sel = order[ends[k] - plan.shard_lengths[k] : ends[k]]
-        return write.ShardJob(key=f"S:{plan.split}:{k}", tar_path=plan.tar_path, path=paths[k], **records_of(plan, sel))
+        return write.FrameJob(f"F:{plan.split}:{k}", paths[k], ints(plan.record_sizes[sel]), ints(plan.dest[sel]))
 
-    return [Work(f"S:{plan.split}:{k}", functools.partial(job, k)) for k in range(len(paths))]
+    return [Work(f"F:{plan.split}:{k}", functools.partial(job, k)) for k in range(len(paths))]
+
+
+def interleave(first: list[Work], second: list[Work]) -> list[Work]:
+    """Both lists, each in its order, the second spread evenly through the first."""
+    placed = [((i + 0.5) / len(first), 0, work) for i, work in enumerate(first)]
+    placed += [((i + 0.5) / len(second), 1, work) for i, work in enumerate(second)]
+    return [work for _, _, work in sorted(placed, key=lambda item: item[:2])]
 
 
 class Writes:

@@ -9,8 +9,9 @@ another copy. Each image's header, read with it, is checked against the index on
 Units are independent and idempotent: writing one again writes the same bytes at the same places, which is what
 makes a killed run resumable.
 
-ArrayRecord: a shard job writes one shard front to back with the writer TFDS's own adapter uses, with its options but
-no compression (`ARRAY_RECORD_OPTIONS`, `write_array_record_shard`).
+ArrayRecord: the same units, in the same pass; each read's records go through array_record's own writer (a scratch
+file in memory) and each record's chunk is written to its planned place (`arrayrecord`); a job per shard writes what
+the shard holds besides its chunks (`FrameJob`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ import contextlib
 import errno
 import mmap
 import os
-import threading
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
-from typing import TypeVar
 
-from imagenet_fleet.engine import records, tarindex
+from imagenet_fleet.engine import arrayrecord, records, tarindex
 
 READ_BYTES = 8 << 20  # one read covers up to this much of the tar (a larger image gets a read of its own)
 READ_BUDGET = 128 << 20  # the read buffers of all the workers together: reads get shorter past 5 workers
@@ -38,20 +35,7 @@ ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to this
 SLACK = BLOCK + 2 * ALIGN  # what a read adds to its records' bytes: the first one's tar header, the alignment
 HUGE_PAGE = 2 << 20  # read buffers are sized in these (`read_buffer`)
 AHEAD = 2  # reads in flight per worker
-RANDOM_AHEAD = 16  # image reads in flight per worker writing an ArrayRecord shard
-IMAGE_BUFFER = 256 << 10  # each of those reads' buffer, at least (an image is ~110 KB; a larger one gets its own)
 MAX_GAP = 1 << 20  # a read spans a gap of up to this many bytes that are not images
-# The options TFDS's `ArrayRecordFileAdapter.write_examples` gives array_record's writer (TFDS 4.9.10: "group_size:1",
-# a test checks it), uncompressed. With those options every record is compressed (array_record's default, zstd
-# level 3): on JPEG bytes that saves nothing (a file 1.0013x the images' bytes either way) and costs ~0.55 ms of CPU
-# per ~110 KB image, ~60% of the build's CPU (2-core VM, 12k sample, side by side: 3.9 s against 6.0). Records,
-# metadata and readers (`tfds.data_source`, `tfds.load`: each chunk says how it is stored) are the same either way.
-# The writer is called directly: importing TFDS's file_adapters costs each worker ~0.6 s of CPU (12k: 5.23 s median
-# against 6.06, 6 alternating runs each).
-ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"
-T = TypeVar("T")
-
-
 @dataclass
 class Unit:
     """What a worker needs to write one run of records (arrays in tar order: plain `array`s, so that the workers
@@ -73,6 +57,7 @@ class Unit:
     drop: bool = False
     direct: bool = False  # read with O_DIRECT (a tar the index did not read: the train tar)
     read_bytes: int = READ_BYTES  # (`read_bytes(workers)`)
+    array_record: bool = False  # `dest` is then each record's chunk's logical place (`arrayrecord`)
 
 
 class _Files:
@@ -99,7 +84,6 @@ class _Files:
 
 
 _inputs = _Files(os.O_RDONLY, limit=8)
-_random_inputs = _Files(os.O_RDONLY, limit=8, advice=os.POSIX_FADV_RANDOM)  # (no readahead past an image)
 _outputs = _Files(os.O_WRONLY)
 
 
@@ -212,50 +196,28 @@ def read_buffer(size: int) -> mmap.mmap:
     return buf
 
 
-class _ImageReads:
-    """Single images read at random (an ArrayRecord shard's, in the shard's order; several threads at once) with
-    O_DIRECT where the filesystem allows it, into a buffer of the thread's own (`IMAGE_BUFFER`: 4 MB a worker).
-    Through the page cache each read fills fresh pages that are never read again, and at scale the kernel's work on
-    them dominated: 95k sample, array_record, 3 alternating runs: 31.3 s median against 44.8, 22-26 s of kernel CPU
-    against 49-54."""
-
-    def __init__(self) -> None:
-        self._direct = _Files(os.O_RDONLY | os.O_DIRECT, limit=8)
-        self._refused: set[str] = set()  # files O_DIRECT does not work on (tmpfs, some network filesystems)
-        self._lock = threading.Lock()
-        self._local = threading.local()
-
-    def read(self, path: str, start: int, length: int, use: Callable[[memoryview], T] = bytes) -> T:  # type: ignore[assignment]
-        """`use` of the `length` bytes from `start` (fewer at the end of the file), called while they are in the
-        thread's buffer: what it makes of them is their only copy."""
-        if path not in self._refused:
-            try:
-                with self._lock:
-                    fd = self._direct.get(path)
-                return self._read_direct(fd, start, length, use)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._refused.add(path)
-        with self._lock:
-            fd = _random_inputs.get(path)
-        return use(memoryview(os.pread(fd, length, start)))
-
-    def _read_direct(self, fd: int, start: int, length: int, use: Callable[[memoryview], T]) -> T:
-        base, span = _aligned(start, start + length)
-        buf: mmap.mmap | None = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < span:
-            if buf is not None:
-                buf.close()
-            buf = self._local.buf = mmap.mmap(-1, max(span, IMAGE_BUFFER))  # (page-aligned, as O_DIRECT needs)
-        with memoryview(buf)[:span] as view:
-            got = os.preadv(fd, [view], base)
-            with view[start - base : max(start - base, min(got, start + length - base))] as data:
-                return use(data)
-
-
-_image_reads = _ImageReads()
 _reader: _Reader | None = None
+_scratch: arrayrecord.Scratch | None = None
+
+
+def _write_records(unit: Unit, first: int, images: list[memoryview | bytes]) -> int:
+    """TFRecord: each record of a read, framed, to its place."""
+    written = 0
+    for k, image in enumerate(images, first):
+        out_fd = _outputs.get(unit.shard_paths[unit.shard_of[k]])
+        written += _write_record(out_fd, unit.dest[k], unit.names[k], unit.labels[k], image)
+    return written
+
+
+def _write_chunks(unit: Unit, first: int, images: list[memoryview | bytes]) -> int:
+    """ArrayRecord: the records of a read through array_record's writer, each chunk to its place (`arrayrecord`)."""
+    global _scratch
+    _scratch = _scratch or arrayrecord.Scratch()
+    examples = [records.serialize(unit.names[k], unit.labels[k], image) for k, image in enumerate(images, first)]
+    written = 0
+    for k, chunk in enumerate(arrayrecord.record_chunks(_scratch, examples), first):
+        written += arrayrecord.write_chunk(_outputs.get(unit.shard_paths[unit.shard_of[k]]), unit.dest[k], chunk)
+    return written
 
 
 def write_unit(unit: Unit) -> tuple[str, int, int]:
@@ -280,83 +242,20 @@ def write_unit(unit: Unit) -> tuple[str, int, int]:
         if s + AHEAD < len(spans):
             ahead.append(read(s + AHEAD))
         try:
+            images = []
             for k in range(i, j):
                 rel = offsets[k] - base
                 tarindex.check_header(unit.tar_path, view[rel - BLOCK : rel], offsets[k], unit.names[k], sizes[k])
                 special = unit.specials.get(k)
-                image = view[rel : rel + sizes[k]] if special is None else special
-                out_fd = _outputs.get(unit.shard_paths[unit.shard_of[k]])
-                written += _write_record(out_fd, unit.dest[k], unit.names[k], unit.labels[k], image)
+                images.append(view[rel : rel + sizes[k]] if special is None else special)
+            written += (_write_chunks if unit.array_record else _write_records)(unit, i, images)
+            del images
         finally:
             view.release()
         if unit.drop and not unit.direct:  # (see `Unit.drop`)
             os.posix_fadvise(_inputs.get(unit.tar_path), offsets[i], offsets[j - 1] + sizes[j - 1] - offsets[i],
                              os.POSIX_FADV_DONTNEED)  # fmt: skip
     return unit.key, len(offsets), written
-
-
-@dataclass
-class ShardJob:
-    """What a worker needs to write one ArrayRecord shard: its records in the shard's (TFDS's) order."""
-
-    key: str  # "S:<split>:<shard>", the journal's name for it
-    tar_path: str
-    path: str  # the shard file (written as `<path>.partial`, renamed when complete and on disk)
-    names: list[str]
-    offsets: array[int]
-    sizes: array[int]
-    labels: array[int]
-    specials: dict[int, bytes] = field(default_factory=dict)  # index within the shard -> image bytes
-
-
-def write_array_record(path: str, examples: Iterator[bytes]) -> None:
-    """What TFDS's `ArrayRecordFileAdapter.write_examples` does (one record per example, in order, TFDS's options),
-    uncompressed (`ARRAY_RECORD_OPTIONS`)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    writer = ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
-    try:
-        for example in examples:
-            writer.write(example)
-    finally:
-        writer.close()
-
-
-def write_array_record_shard(job: ShardJob) -> tuple[str, int, int]:
-    """Write one ArrayRecord shard as TFDS's adapter does (`write_array_record`), its images read straight from the
-    tar in the shard's order (`RANDOM_AHEAD` reads in flight, with O_DIRECT: `_ImageReads`; each image is read once,
-    ~110 KB apiece). The writer lays out its own chunks and index, so offsets are not computed in advance: a shard
-    is written front to back, once, with no staging copy."""
-    n = len(job.names)
-
-    def example(k: int, data: memoryview) -> bytes:
-        """The record of the image whose tar header and bytes are `data` (in the read's buffer)."""
-        if len(data) != BLOCK + job.sizes[k]:
-            raise OSError(f"{job.tar_path}: short read at byte {job.offsets[k]}")
-        tarindex.check_header(job.tar_path, data[:BLOCK], job.offsets[k], job.names[k], job.sizes[k])
-        return records.serialize(job.names[k], job.labels[k], job.specials.get(k, data[BLOCK:]))
-
-    def read(k: int) -> bytes:
-        return _image_reads.read(job.tar_path, job.offsets[k] - BLOCK, BLOCK + job.sizes[k], partial(example, k))
-
-    def examples() -> Iterator[bytes]:
-        with ThreadPoolExecutor(RANDOM_AHEAD, thread_name_prefix="imagenet-read") as pool:
-            ahead: deque[Future[bytes]] = deque()
-            for k in range(n):
-                while len(ahead) < RANDOM_AHEAD and k + len(ahead) < n:
-                    ahead.append(pool.submit(read, k + len(ahead)))
-                yield ahead.popleft().result()
-
-    partial_path = f"{job.path}.partial"
-    write_array_record(partial_path, examples())
-    out = os.open(partial_path, os.O_RDONLY)
-    try:
-        os.fdatasync(out)
-        size = os.fstat(out).st_size
-    finally:
-        os.close(out)
-    os.replace(partial_path, job.path)
-    return job.key, n, size
 
 
 def read_bytes(workers: int) -> int:
@@ -366,9 +265,26 @@ def read_bytes(workers: int) -> int:
     return size // HUGE_PAGE * HUGE_PAGE if size >= HUGE_PAGE else size // ALIGN * ALIGN
 
 
-def run(job: Unit | ShardJob) -> tuple[str, int, int]:
-    """A worker's task: a TFRecord work unit or an ArrayRecord shard."""
-    return write_unit(job) if isinstance(job, Unit) else write_array_record_shard(job)
+@dataclass
+class FrameJob:
+    """ArrayRecord: what one shard holds besides its records' chunks (`arrayrecord.write_frame`)."""
+
+    key: str  # "F:<split>:<shard>", the journal's name for it
+    path: str
+    record_sizes: array[int]  # in the shard's order
+    chunks_at: array[int]  # their chunks' logical places
+
+
+def write_frame(job: FrameJob) -> tuple[str, int, int]:
+    global _scratch
+    _scratch = _scratch or arrayrecord.Scratch()
+    size = arrayrecord.write_frame(_scratch, _outputs.get(job.path), job.record_sizes, job.chunks_at)
+    return job.key, 0, size - sum(arrayrecord.chunk_size(n) for n in job.record_sizes)
+
+
+def run(job: Unit | FrameJob) -> tuple[str, int, int]:
+    """A worker's task: a work unit, or an ArrayRecord shard's frame."""
+    return write_unit(job) if isinstance(job, Unit) else write_frame(job)
 
 
 def sync_files(paths: list[str]) -> int:
