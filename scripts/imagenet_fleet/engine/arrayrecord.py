@@ -11,8 +11,8 @@ array_record's writer):
 - a chunk's bytes (its header, with the hashes of itself and of its data, and the data) do not depend on where it
   lands.
 So the layout (`plan.lay_out`) places every chunk from the record sizes alone; a writer gives a run of the tar's
-records, in tar order, to array_record's own writer (a scratch file in memory), cuts the chunks out
-(`record_chunks`) and writes each one to its place around the block headers (`write_chunk`); and everything else in
+records, in tar order, to array_record's own writer (a scratch file in memory) and writes each chunk from there to
+its place, around the block headers (`write_records`); and everything else in
 a shard (the block headers, the signature, array_record's footer and riegeli's postscript) depends only on the
 record sizes: `write_frame` has array_record's writer write the shard with zero-filled records of the same sizes,
 in memory, keeps those bytes as they stream past and writes them to the shard, and checks on the way that every
@@ -25,9 +25,10 @@ import ctypes
 import errno
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from imagenet_fleet.engine.records import varint_len
+from imagenet_fleet.errors import UserError
 
 # The options TFDS's `ArrayRecordFileAdapter.write_examples` gives array_record's writer (TFDS 4.9.10: "group_size:1",
 # a test checks it), uncompressed. With those options every record is compressed (array_record's default, zstd
@@ -48,8 +49,18 @@ _PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class LayoutError(RuntimeError):
-    """array_record's writer did not lay the shard out as planned (another array_record version?)."""
+class LayoutError(UserError):
+    """array_record's writer did not lay a shard out as planned: an array_record whose files differ from the one
+    this engine was checked against (0.8.6)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"array_record's writer lays files out otherwise than the engine expects: {what}",
+            "build with --engine tfds (or --file-format tfrecord), and report the array_record version installed",
+        )
+
+    def __reduce__(self) -> tuple[type[LayoutError], tuple[str]]:  # type: ignore[override]
+        return (type(self), (self.cause.split(": ", 1)[1],))
 
 
 def chunk_size(record_size: int) -> int:
@@ -90,8 +101,12 @@ class Scratch:
         os.close(self.fd)
 
 
-def record_chunks(scratch: Scratch, records: Sequence[bytes]) -> list[memoryview]:
-    """Each record's chunk (header and data), as array_record's writer writes it, in the records' order."""
+def write_records(
+    scratch: Scratch, records: Sequence[bytes], places: Sequence[tuple[str, int]], open_shard: Callable[[str], int]
+) -> int:
+    """Write each record's chunk, as array_record's writer makes it, to its place: `places[k]` is (shard file, the
+    chunk's logical place in it), `open_shard` gives a descriptor for a shard file when its chunk is written. The
+    chunks go from the scratch file's pages to the shards' with no copy in between. Returns the bytes written."""
     writer = _writer(scratch.path)  # (opening the path truncates the scratch file)
     try:
         for record in records:
@@ -99,25 +114,45 @@ def record_chunks(scratch: Scratch, records: Sequence[bytes]) -> list[memoryview
     finally:
         writer.close()  # type: ignore[attr-defined]
     size = os.fstat(scratch.fd).st_size
-    with mmap.mmap(scratch.fd, size, prot=mmap.PROT_READ) as file:
-        stream = b"".join(file[start + BLOCK_HEADER : start + BLOCK_SIZE] for start in range(0, size, BLOCK_SIZE))
-    view, out, at = memoryview(stream), [], FIRST_CHUNK
-    for record in records:
-        end = at + chunk_size(len(record))
-        if stream[at + 24] != _RECORDS_CHUNK or int.from_bytes(stream[at + 8 : at + 16], "little") != end - at - 40:
-            raise LayoutError(f"the scratch file's chunk at {at} is not one record of {len(record)} bytes")
-        out.append(view[at:end])
-        at = end
-    return out
+    written, at = 0, FIRST_CHUNK
+    with mmap.mmap(scratch.fd, size, prot=mmap.PROT_READ) as file, memoryview(file) as view:
+        for record, (shard, dest) in zip(records, places, strict=True):
+            length = chunk_size(len(record))
+            pieces = [view[p : p + end - start] for p, start, end in _segments(at, length)]
+            try:
+                header = b"".join(piece[:CHUNK_HEADER] for piece in pieces)[:CHUNK_HEADER]
+                _check(header, len(record), f"the scratch file's chunk at {at}")
+                _write_pieces(open_shard(shard), dest, pieces, length)
+            finally:
+                for piece in pieces:
+                    piece.release()
+            at += length
+            written += length
+    return written
 
 
-def write_chunk(out_fd: int, logical: int, chunk: memoryview) -> int:
-    """Write a chunk at its logical place in a shard, around the block headers; returns its length."""
-    for at, start, end in _segments(logical, len(chunk)):
-        done = start
-        while done < end:  # (a short write: a full disk, which the next write reports)
-            done += os.pwrite(out_fd, chunk[done:end], at + done - start) or _full(out_fd)
-    return len(chunk)
+def _write_pieces(out_fd: int, logical: int, pieces: list[memoryview], length: int) -> None:
+    """Write `length` bytes, given in `pieces`, at a logical place in a shard, around its block headers."""
+    source = iter(pieces)
+    piece = next(source)
+    for at, start, end in _segments(logical, length):
+        iov, need = [], end - start
+        while need:
+            if not piece:
+                piece = next(source)
+            take = piece[:need]
+            iov.append(take)
+            piece, need = piece[len(take) :], need - len(take)
+        done = os.pwritev(out_fd, iov, at)
+        if done < end - start:  # (a short write: a full disk; the next write reports it)
+            rest = b"".join(iov)[done:]
+            while rest:
+                rest = rest[os.pwrite(out_fd, rest, at + end - start - len(rest)) or _full(out_fd) :]
+
+
+def _check(header: bytes, record_size: int, where: str) -> None:
+    if header[24] != _RECORDS_CHUNK or int.from_bytes(header[8:16], "little") != chunk_size(record_size) - 40:
+        raise LayoutError(f"{where} is not a chunk of one {record_size}-byte record")
 
 
 def _full(fd: int) -> int:
@@ -153,8 +188,13 @@ def write_frame(scratch: Scratch, out_fd: int, record_sizes: Sequence[int], chun
     block = BLOCK_SIZE  # the next block header to copy (the first one is in the head)
     head = False
 
+    seen = -1
+
     def take(size: int) -> None:
-        nonlocal checked, block, head
+        nonlocal checked, block, head, seen
+        if size == seen:
+            return  # (nothing new: the writer flushes every ~16 MB)
+        seen = size
         if not head and size >= _HEAD:
             os.pwrite(out_fd, os.pread(scratch.fd, _HEAD, 0), 0)
             head = True
@@ -186,6 +226,4 @@ def write_frame(scratch: Scratch, out_fd: int, record_sizes: Sequence[int], chun
 
 def _check_header(fd: int, logical: int, record_size: int) -> None:
     header = b"".join(os.pread(fd, end - start, at) for at, start, end in _segments(logical, CHUNK_HEADER))
-    expected = chunk_size(record_size) - CHUNK_HEADER
-    if header[24] != _RECORDS_CHUNK or int.from_bytes(header[8:16], "little") != expected:
-        raise LayoutError(f"no chunk of one {record_size}-byte record at logical position {logical}")
+    _check(header, record_size, f"the frame's chunk at logical position {logical}")

@@ -37,7 +37,7 @@ def records_of(plan: SplitPlan, sel: np.ndarray) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Work:
-    """A work unit or shard job by its journal key, made only when it is handed to a worker: each carries its
+    """A work unit or frame job by its journal key, made only when it is handed to a worker: each carries its
     records' names and numbers, and ILSVRC2012's made all at once would hold ~100 MB until the end."""
 
     key: str

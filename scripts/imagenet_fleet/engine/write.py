@@ -214,10 +214,8 @@ def _write_chunks(unit: Unit, first: int, images: list[memoryview | bytes]) -> i
     global _scratch
     _scratch = _scratch or arrayrecord.Scratch()
     examples = [records.serialize(unit.names[k], unit.labels[k], image) for k, image in enumerate(images, first)]
-    written = 0
-    for k, chunk in enumerate(arrayrecord.record_chunks(_scratch, examples), first):
-        written += arrayrecord.write_chunk(_outputs.get(unit.shard_paths[unit.shard_of[k]]), unit.dest[k], chunk)
-    return written
+    places = [(unit.shard_paths[unit.shard_of[k]], unit.dest[k]) for k in range(first, first + len(examples))]
+    return arrayrecord.write_records(_scratch, examples, places, _outputs.get)
 
 
 def write_unit(unit: Unit) -> tuple[str, int, int]:
