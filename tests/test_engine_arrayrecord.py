@@ -102,3 +102,13 @@ def test_shards_use_tfds_adapter_options_uncompressed(tmp_path: Path, monkeypatc
         assert "uncompressed" in reader.writer_options_string()
     finally:
         reader.close()
+
+
+def test_the_layouts_chunk_sizes_are_the_modules() -> None:
+    """`plan.lay_out` sizes chunks with NumPy (`plan.chunk_sizes`), the tests above with `arrayrecord.chunk_size`."""
+    import numpy as np
+
+    from imagenet_fleet.engine import plan
+
+    sizes = sorted({0, *EDGES, *(1 << (7 * k) for k in range(1, 9)), *((1 << (7 * k)) - 1 for k in range(1, 9))})
+    assert plan.chunk_sizes(np.array(sizes, np.int64)).tolist() == [arrayrecord.chunk_size(n) for n in sizes]

@@ -2,21 +2,20 @@
 tar in tar order, so that no image is read at random.
 
 An ArrayRecord file is a riegeli file. With TFDS's options, uncompressed (`OPTIONS`: one record a chunk, stored as it
-is), two facts make that possible (`tests/test_engine_arrayrecord.py` checks both against
-array_record's writer):
+is), two facts make that possible (`tests/test_engine_arrayrecord.py` checks both against array_record's writer):
 - where each record's chunk lands depends only on the sizes of the records before it: the file opens with a block
   header and the signature chunk, then the chunks follow each other with no padding, a chunk being its 40-byte
   header and `chunk_size` - 40 bytes of data, and riegeli puts a 24-byte block header at every 64 KiB of the file,
   cutting through whatever is there (`physical`);
 - a chunk's bytes (its header, with the hashes of itself and of its data, and the data) do not depend on where it
   lands.
-So the layout (`plan.lay_out`) places every chunk from the record sizes alone; a writer gives a run of the tar's
-records, in tar order, to array_record's own writer (a scratch file in memory) and writes each chunk from there to
-its place, around the block headers (`write_records`); and everything else in
-a shard (the block headers, the signature, array_record's footer and riegeli's postscript) depends only on the
-record sizes: `write_frame` has array_record's writer write the shard with zero-filled records of the same sizes,
-in memory, keeps those bytes as they stream past and writes them to the shard, and checks on the way that every
-record's chunk header is where the layout put it (a build fails rather than writes a file the writer would not).
+So the layout (`plan.lay_out`) places every chunk from the record sizes alone. A worker gives each read's records,
+in tar order, to array_record's own writer (a scratch file in memory) and writes each chunk from there to its place,
+around the block headers (`write_records`). Everything else in a shard (the block headers, the signature,
+array_record's footer and riegeli's postscript) depends only on the record sizes: `write_frame` has array_record's
+writer write the shard with zero-filled records of the same sizes, in memory, keeps those bytes as they stream past
+and writes them to the shard, and checks on the way that every record's chunk header is where the layout put it (a
+build fails rather than write a file the writer would not).
 """
 
 from __future__ import annotations
@@ -151,7 +150,7 @@ def _write_pieces(out_fd: int, logical: int, pieces: list[memoryview], length: i
 
 
 def _check(header: bytes, record_size: int, where: str) -> None:
-    if header[24] != _RECORDS_CHUNK or int.from_bytes(header[8:16], "little") != chunk_size(record_size) - 40:
+    if header[24] != _RECORDS_CHUNK or int.from_bytes(header[8:16], "little") != chunk_size(record_size) - CHUNK_HEADER:
         raise LayoutError(f"{where} is not a chunk of one {record_size}-byte record")
 
 
@@ -173,11 +172,6 @@ def _punch(fd: int, end: int) -> None:
         _can_punch = False
 
 
-def frame_size(record_sizes: Sequence[int]) -> int:
-    """Where a shard's footer starts: the end of its last record's chunk, in the file."""
-    return physical(FIRST_CHUNK + sum(chunk_size(n) for n in record_sizes))
-
-
 def write_frame(scratch: Scratch, out_fd: int, record_sizes: Sequence[int], chunks_at: Sequence[int]) -> int:
     """Write what a shard holds besides its records' chunks (`chunks_at`: their logical places, as laid out, in the
     shard's order); returns the shard's size. Zero-filled records of the same sizes go through array_record's
@@ -187,8 +181,7 @@ def write_frame(scratch: Scratch, out_fd: int, record_sizes: Sequence[int], chun
     checked = 0  # records whose chunk header was checked
     block = BLOCK_SIZE  # the next block header to copy (the first one is in the head)
     head = False
-
-    seen = -1
+    seen = -1  # the scratch file's size when last looked at
 
     def take(size: int) -> None:
         nonlocal checked, block, head, seen
