@@ -485,7 +485,7 @@ class _Build:
     def _work(
         self, plan: SplitPlan, paths: list[str]
     ) -> tuple[list[schedule.Work], list[schedule.Work], journal.Journal]:
-        """The split's work (all of it, and what is left of it) and its journal; TFRecord shards preallocated."""
+        """The split's work (all of it, and what is left of it) and its journal; shard files preallocated."""
         fp = fingerprint(plan, self.version, self.file_format)
         split_journal = journal.open_journal(self.work_dir, self.version_dir, plan.split, fp)
         if split_journal.resumed and not all(os.path.exists(path) for path in paths):

@@ -36,6 +36,8 @@ SLACK = BLOCK + 2 * ALIGN  # what a read adds to its records' bytes: the first o
 HUGE_PAGE = 2 << 20  # read buffers are sized in these (`read_buffer`)
 AHEAD = 2  # reads in flight per worker
 MAX_GAP = 1 << 20  # a read spans a gap of up to this many bytes that are not images
+
+
 @dataclass
 class Unit:
     """What a worker needs to write one run of records (arrays in tar order: plain `array`s, so that the workers
@@ -200,6 +202,13 @@ _reader: _Reader | None = None
 _scratch: arrayrecord.Scratch | None = None
 
 
+def _scratch_file() -> arrayrecord.Scratch:
+    """The worker's scratch file for array_record's writer (made on first use, kept for the worker's life)."""
+    global _scratch
+    _scratch = _scratch or arrayrecord.Scratch()
+    return _scratch
+
+
 def _write_records(unit: Unit, first: int, images: list[memoryview | bytes]) -> int:
     """TFRecord: each record of a read, framed, to its place."""
     written = 0
@@ -211,11 +220,9 @@ def _write_records(unit: Unit, first: int, images: list[memoryview | bytes]) -> 
 
 def _write_chunks(unit: Unit, first: int, images: list[memoryview | bytes]) -> int:
     """ArrayRecord: the records of a read through array_record's writer, each chunk to its place (`arrayrecord`)."""
-    global _scratch
-    _scratch = _scratch or arrayrecord.Scratch()
     examples = [records.serialize(unit.names[k], unit.labels[k], image) for k, image in enumerate(images, first)]
     places = [(unit.shard_paths[unit.shard_of[k]], unit.dest[k]) for k in range(first, first + len(examples))]
-    return arrayrecord.write_records(_scratch, examples, places, _outputs.get)
+    return arrayrecord.write_records(_scratch_file(), examples, places, _outputs.get)
 
 
 def write_unit(unit: Unit) -> tuple[str, int, int]:
@@ -274,9 +281,7 @@ class FrameJob:
 
 
 def write_frame(job: FrameJob) -> tuple[str, int, int]:
-    global _scratch
-    _scratch = _scratch or arrayrecord.Scratch()
-    size = arrayrecord.write_frame(_scratch, _outputs.get(job.path), job.record_sizes, job.chunks_at)
+    size = arrayrecord.write_frame(_scratch_file(), _outputs.get(job.path), job.record_sizes, job.chunks_at)
     return job.key, 0, size - sum(arrayrecord.chunk_size(n) for n in job.record_sizes)
 
 
