@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from imagenet_fleet import imagenet, sample
-from imagenet_fleet.engine import memberlist, pipeline, write
+from imagenet_fleet.engine import memberlist, pipeline, schedule, write
 from imagenet_fleet.engine.compare import differences
 from imagenet_fleet.errors import UserError
 
@@ -278,6 +280,31 @@ def test_bad_input_is_one_user_error(tmp_path: Path) -> None:
     (tmp_path / imagenet.TAR_NAMES["validation"]).write_bytes(b"\x01" * 1024)
     with pytest.raises(UserError):
         pipeline.build(tmp_path, tmp_path / "d", VERSION, "tfrecord", 1, work_dir=tmp_path / "w")
+
+
+def test_progress_lines_count_each_splits_writes(
+    plain_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(schedule, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger=schedule.__name__)
+    stats = pipeline.build(plain_sample, tmp_path / "d", VERSION, "tfrecord", 2, work_dir=tmp_path / "w",
+                           num_shards=3, unit_bytes=1 << 20)  # fmt: skip
+    pattern = re.compile(
+        r"engine: (\w+): (\d+) of (\d+) write jobs done \((\d+)%\), ([\d.]+) GB written, about \d+ s left"
+    )
+    lines = [m.groups() for r in caplog.records if (m := pattern.fullmatch(r.getMessage()))]
+    by_split: dict[str, list[tuple[int, int, float]]] = {}
+    for split, done, total, percent, gb in lines:
+        assert int(percent) == 100 * int(done) // int(total)
+        by_split.setdefault(split, []).append((int(done), int(total), float(gb)))
+    assert set(by_split) == {"train", "validation"}
+    for split, seen in by_split.items():
+        # a line after each of the split's jobs but its last, the same total in each, the bytes growing
+        total = seen[0][1]
+        assert total > 2 and [done for done, _, _ in seen] == list(range(1, total)), split
+        assert {t for _, t, _ in seen} == {total}
+        assert [gb for _, _, gb in seen] == sorted(gb for _, _, gb in seen)
+    assert sum(seen[-1][2] for seen in by_split.values()) <= stats["bytes_written"] / 1e9 + 0.005 * 2  # (2 decimals)
 
 
 def test_prepare_cli_runs_the_engine(plain_sample: Path, tmp_path: Path) -> None:

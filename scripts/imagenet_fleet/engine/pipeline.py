@@ -480,7 +480,7 @@ class _Build:
         if self.before_write is not None:
             self.before_write(plan.tar_path)
         self.clock.mark(f"{plan.split} laid out")
-        self.writes.add(todo, split_journal, lambda: self.clock.mark(f"{plan.split} written"))
+        self.writes.add(plan.split, todo, split_journal, lambda: self.clock.mark(f"{plan.split} written"))
 
     def _work(
         self, plan: SplitPlan, paths: list[str]

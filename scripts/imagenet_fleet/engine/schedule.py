@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +19,10 @@ import numpy as np
 from imagenet_fleet.engine import write
 from imagenet_fleet.engine.journal import Journal
 from imagenet_fleet.engine.plan import SplitPlan, units
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 30.0  # at most one progress line this often (ILSVRC2012's train split takes minutes)
 
 
 def ints(values: np.ndarray) -> array[int]:
@@ -89,23 +95,36 @@ def interleave(first: list[Work], second: list[Work]) -> list[Work]:
     return [work for _, _, work in sorted(placed, key=lambda item: item[:2])]
 
 
+@dataclass
+class _Split:
+    """A split's writes, for the progress lines."""
+
+    name: str
+    total: int
+    left: int
+    started: float
+    written: int = 0
+
+
 class Writes:
     """Write units in flight (about two per worker: bounded memory), each journaled as it finishes; a callback
-    when all the units of one `add` are written."""
+    when all the units of one `add` are written; a progress line at most every `PROGRESS_SECONDS`."""
 
     def __init__(self, pool: ProcessPoolExecutor, workers: int) -> None:
         self._pool, self._limit = pool, 2 * workers
         self._queue: deque[tuple[Work, Journal]] = deque()
         self._running: dict[Future[tuple[str, int, int]], Journal] = {}
-        self._left: dict[Journal, int] = {}  # a split's journal -> its units not written yet
+        self._splits: dict[Journal, _Split] = {}
         self._when_done: dict[Journal, Callable[[], None]] = {}
+        self._last_line = time.monotonic()
         self.written = 0
 
-    def add(self, todo: list[Work], journal: Journal, when_done: Callable[[], None]) -> None:
+    def add(self, split: str, todo: list[Work], journal: Journal, when_done: Callable[[], None]) -> None:
         if not todo:
             when_done()
             return
-        self._left[journal], self._when_done[journal] = len(todo), when_done
+        self._splits[journal] = _Split(split, len(todo), len(todo), time.monotonic())
+        self._when_done[journal] = when_done
         self._queue.extend((unit, journal) for unit in todo)
         self._top_up()
 
@@ -129,6 +148,20 @@ class Writes:
         journal.add(key)
         self.written += nbytes
         self._top_up()
-        self._left[journal] -= 1
-        if not self._left[journal]:
+        split = self._splits[journal]
+        split.left -= 1
+        split.written += nbytes
+        if not split.left:
+            del self._splits[journal]
             self._when_done.pop(journal)()
+        elif time.monotonic() - self._last_line >= PROGRESS_SECONDS:
+            self._progress(split)
+
+    def _progress(self, split: _Split) -> None:
+        """One line: how far the split's writes are, and about how long the rest takes at their pace so far."""
+        now = self._last_line = time.monotonic()
+        done = split.total - split.left
+        left_s = (now - split.started) / done * split.left
+        percent = 100 * done // split.total
+        log.info("engine: %s: %d of %d write jobs done (%d%%), %.2f GB written, about %d s left",
+                 split.name, done, split.total, percent, split.written / 1e9, round(left_s))  # fmt: skip
