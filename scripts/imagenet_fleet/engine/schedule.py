@@ -11,7 +11,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -97,12 +97,13 @@ def interleave(first: list[Work], second: list[Work]) -> list[Work]:
 
 @dataclass
 class _Split:
-    """A split's writes, for the progress lines."""
+    """A split's writes: what is left of them, the callback when none is, and what the progress lines say."""
 
     name: str
     total: int
     left: int
-    started: float
+    when_done: Callable[[], None]
+    started: float = field(default_factory=time.monotonic)
     written: int = 0
 
 
@@ -115,7 +116,6 @@ class Writes:
         self._queue: deque[tuple[Work, Journal]] = deque()
         self._running: dict[Future[tuple[str, int, int]], Journal] = {}
         self._splits: dict[Journal, _Split] = {}
-        self._when_done: dict[Journal, Callable[[], None]] = {}
         self._last_line = time.monotonic()
         self.written = 0
 
@@ -123,8 +123,7 @@ class Writes:
         if not todo:
             when_done()
             return
-        self._splits[journal] = _Split(split, len(todo), len(todo), time.monotonic())
-        self._when_done[journal] = when_done
+        self._splits[journal] = _Split(split, len(todo), len(todo), when_done)
         self._queue.extend((unit, journal) for unit in todo)
         self._top_up()
 
@@ -152,8 +151,7 @@ class Writes:
         split.left -= 1
         split.written += nbytes
         if not split.left:
-            del self._splits[journal]
-            self._when_done.pop(journal)()
+            self._splits.pop(journal).when_done()
         elif time.monotonic() - self._last_line >= PROGRESS_SECONDS:
             self._progress(split)
 
